@@ -1,0 +1,3 @@
+from jobpub.cli import main
+
+raise SystemExit(main())

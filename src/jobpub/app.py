@@ -1,0 +1,122 @@
+"""Composition root: build the parts, own every task, stop in order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import structlog
+
+from jobpub.errors import DatabaseUnavailable
+from jobpub.http import HttpServer, Response
+from jobpub.metrics import CONTENT_TYPE, Metrics
+from jobpub.publisher import MqttPublisher
+from jobpub.relay import Relay, RelayConfig
+from jobpub.settings import Settings, redact_url
+from jobpub.store import PostgresStore
+from jobpub.waiting import wait_for_event
+
+log = structlog.get_logger("jobpub.app")
+
+
+async def run(settings: Settings) -> int:
+    """Run one replica until SIGTERM/SIGINT; 0 after a clean drain."""
+    metrics = Metrics()
+    store = PostgresStore(settings, metrics)
+    publisher = MqttPublisher(settings, metrics)
+    relay = Relay(
+        store,
+        publisher,
+        metrics,
+        RelayConfig(
+            batch_size=settings.batch_size,
+            concurrency=settings.concurrency,
+            poll_interval=settings.poll_interval,
+            lookahead=settings.lookahead,
+            shutdown_timeout=settings.shutdown_timeout,
+        ),
+    )
+    stop = asyncio.Event()  # stop claiming
+    drained = asyncio.Event()  # the relay is done: connections and servers may close
+    _handle_signals(stop)
+    healthy_within = max(60.0, 3 * settings.poll_interval)
+
+    def healthz() -> Response:
+        alive = time.monotonic() - relay.heartbeat < healthy_within
+        return Response(200, b"ok\n") if alive else Response(503, b"relay loop stalled\n")
+
+    def readyz() -> Response:
+        problems = [
+            *([] if relay.database_ok else ["database not connected"]),
+            *([] if publisher.connected else ["broker not connected"]),
+        ]
+        if problems:
+            return Response(503, ("; ".join(problems) + "\n").encode())
+        return Response(200, b"ready\n")
+
+    http = HttpServer(
+        settings.http_host,
+        settings.http_port,
+        {
+            "/metrics": lambda: Response(200, metrics.render(), CONTENT_TYPE),
+            "/healthz": healthz,
+            "/readyz": readyz,
+        },
+    )
+    log.info(
+        "starting",
+        database=redact_url(settings.database_url.get_secret_value()),
+        broker=str(settings.mqtt),
+        batch_size=settings.batch_size,
+        concurrency=settings.concurrency,
+        partition=f"{settings.consumer_index}/{settings.consumer_count}",
+        pid=os.getpid(),
+    )
+    await store.open()
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(publisher.run(drained), name="mqtt-connection")
+            tasks.create_task(store.listen(relay.notify, drained), name="database-listener")
+            tasks.create_task(http.serve(drained), name="http-server")
+            tasks.create_task(
+                _sample_backlog(store, metrics, settings.backlog_interval, drained),
+                name="backlog-sampler",
+            )
+            relay_task = tasks.create_task(relay.run(stop), name="relay")
+            relay_task.add_done_callback(lambda _: drained.set())
+    finally:
+        await store.close()
+    log.info("stopped")
+    return 0
+
+
+def _handle_signals(stop: asyncio.Event) -> None:
+    """First SIGTERM/SIGINT: stop claiming and drain. Second: exit at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(number: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("forced_exit", signal=number.name)
+            os._exit(128 + number)  # in-flight transactions roll back as connections drop
+        log.info("stopping", signal=number.name)
+        stop.set()
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, on_signal, number)
+
+
+async def _sample_backlog(
+    store: PostgresStore, metrics: Metrics, interval: float, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        try:
+            due, scheduled, dead = await store.sample_backlog()
+        except DatabaseUnavailable as exc:
+            log.debug("backlog_sample_failed", error=str(exc))
+        else:
+            metrics.jobs_due.set(due)
+            metrics.jobs_scheduled.set(scheduled)
+            metrics.jobs_dead_total.set(dead)
+        await wait_for_event(stop, interval)

@@ -1,0 +1,105 @@
+"""Every SQL statement jobpub runs, named, with why it is shaped the way it is.
+
+`%%` is a literal `%`: psycopg reads `%(name)s` as a parameter.
+"""
+
+from typing import Final, LiteralString
+
+# The pending predicate matches the partial index jobs_pending_fire_at_idx exactly,
+# so the planner can use it; keep the two in step.
+
+# Claim up to `limit` due rows in one statement. A plain SELECT … FOR UPDATE SKIP
+# LOCKED under LIMIT locks exactly the rows it returns (LockRows sits below Limit),
+# so the MATERIALIZED CTE fence that an `UPDATE … WHERE id IN (SELECT … LIMIT)` needs
+# is unnecessary here, and claiming writes nothing: the row's one write is the mark,
+# which halves the dead tuples a queue table makes. The locks live as long as the
+# transaction that publishes the batch; a replica that dies releases them with its
+# connection. Due is judged by the database clock; `lookahead` lets the replica hold
+# rows due very soon and publish each at its own time. Rows outside this replica's
+# partition are taken too once overdue by `takeover_delay`, so a dead partner's share
+# still fires. `due_in` is fire_at - now() in seconds.
+CLAIM_DUE_JOBS: Final[LiteralString] = """
+SELECT id, topic, payload::text, qos, retain,
+       extract(epoch FROM fire_at - now())::float8 AS due_in
+FROM jobs
+WHERE NOT processed AND failed_at IS NULL
+  AND fire_at <= now() + make_interval(secs => %(lookahead)s)
+  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+  AND (%(consumer_count)s::int = 1
+       OR id %% %(consumer_count)s::int = %(consumer_index)s::int
+       OR fire_at <= now() - make_interval(secs => %(takeover_delay)s))
+ORDER BY fire_at, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+# Seconds until this replica should look again: the earliest pending row beyond the
+# lookahead in its partition, or the end of the earliest retry backoff. Both halves
+# are index lookups. NULL when nothing is scheduled.
+NEXT_WAKE: Final[LiteralString] = """
+SELECT extract(epoch FROM least(
+    (SELECT min(fire_at) FROM jobs
+     WHERE NOT processed AND failed_at IS NULL
+       AND fire_at > now() + make_interval(secs => %(lookahead)s)
+       AND (%(consumer_count)s::int = 1
+            OR id %% %(consumer_count)s::int = %(consumer_index)s::int)),
+    (SELECT min(next_attempt_at) FROM jobs
+     WHERE NOT processed AND failed_at IS NULL AND next_attempt_at > now())
+) - now())::float8
+"""
+
+# clock_timestamp(), not now(): now() is the transaction's start, the claim, which for
+# a row held until its fire_at would be earlier than the publish.
+MARK_PUBLISHED: Final[LiteralString] = """
+UPDATE jobs SET processed = true, processed_at = clock_timestamp()
+WHERE id = ANY(%(ids)s::bigint[])
+"""
+
+# Rows that can never be published: dead at once, with the reason.
+MARK_DEAD: Final[LiteralString] = """
+UPDATE jobs
+SET attempts = jobs.attempts + 1, last_error = refused.error, failed_at = clock_timestamp()
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS refused(id, error)
+WHERE jobs.id = refused.id
+"""
+
+# A failed attempt: count it and wait out an exponential backoff with jitter, or go
+# dead when the attempts are used up. One statement for the whole batch.
+MARK_RETRY: Final[LiteralString] = """
+UPDATE jobs
+SET attempts = jobs.attempts + 1,
+    last_error = failed.error,
+    next_attempt_at = clock_timestamp() + make_interval(secs =>
+        least(%(backoff_max)s, %(backoff)s * 2 ^ jobs.attempts) * (0.5 + random() / 2)),
+    failed_at = CASE WHEN jobs.attempts + 1 >= %(max_attempts)s THEN clock_timestamp() END
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS failed(id, error)
+WHERE jobs.id = failed.id
+RETURNING jobs.failed_at IS NOT NULL AS dead
+"""
+
+# Backlog gauges. A count over the partial index: cheap while the backlog is modest,
+# and sampled every few seconds rather than per scrape.
+BACKLOG: Final[LiteralString] = """
+SELECT count(*) FILTER (WHERE fire_at <= now()) AS due,
+       count(*) FILTER (WHERE fire_at > now()) AS scheduled,
+       (SELECT count(*) FROM jobs WHERE failed_at IS NOT NULL AND NOT processed) AS dead
+FROM jobs
+WHERE NOT processed AND failed_at IS NULL
+"""
+
+LISTEN: Final[LiteralString] = "LISTEN jobpub_jobs"
+
+# Migrations: one advisory lock serialises replicas that start together.
+MIGRATION_LOCK: Final[LiteralString] = "SELECT pg_advisory_lock(7201203841)"
+MIGRATION_UNLOCK: Final[LiteralString] = "SELECT pg_advisory_unlock(7201203841)"
+CREATE_MIGRATIONS_TABLE: Final[LiteralString] = """
+CREATE TABLE IF NOT EXISTS jobpub_migrations (
+    version    integer PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+APPLIED_MIGRATIONS: Final[LiteralString] = "SELECT version FROM jobpub_migrations"
+RECORD_MIGRATION: Final[LiteralString] = (
+    "INSERT INTO jobpub_migrations (version, name) VALUES (%(version)s, %(name)s)"
+)

@@ -1,0 +1,238 @@
+"""The cycle: claim due rows, publish each at its time, settle, commit.
+
+Depends only on the small Protocols below; the store and the publisher are passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from jobpub.backoff import Backoff
+from jobpub.errors import DatabaseUnavailable
+from jobpub.metrics import Metrics
+from jobpub.models import Delivery, Job, Outcome, Settled
+from jobpub.waiting import wait_for_any
+
+log = structlog.get_logger("jobpub.relay")
+
+
+class ClaimedBatch(Protocol):
+    jobs: list[Job]
+    claimed_at: float  # time.monotonic() when the rows arrived
+    next_wake_in: float | None  # seconds from claimed_at until the next known job is due
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> Settled: ...
+
+    async def release(self) -> None: ...
+
+
+class JobSource(Protocol):
+    async def claim(self) -> ClaimedBatch: ...
+
+
+class Publisher(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    async def wait_connected(self, timeout: float) -> bool: ...
+
+    def publish(self, jobs: Sequence[Job]) -> Awaitable[list[Outcome]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    batch_size: int
+    concurrency: int
+    poll_interval: float
+    lookahead: float
+    shutdown_timeout: float
+
+
+class Relay:
+    """One replica's cycle. `run` claims; each claimed batch is delivered by its own task."""
+
+    def __init__(
+        self, source: JobSource, publisher: Publisher, metrics: Metrics, config: RelayConfig
+    ) -> None:
+        self._source = source
+        self._publisher = publisher
+        self._metrics = metrics
+        self._config = config
+        self._wake = asyncio.Event()
+        self._wake_at: float | None = None  # monotonic time of the next known due job
+        self.heartbeat = time.monotonic()
+        self.database_ok = False
+
+    def notify(self, hint_epoch: float | None) -> None:
+        """New or changed jobs (from NOTIFY). `hint_epoch` is the earliest new fire_at.
+
+        A hint well after the wake already planned is ignored; anything else wakes the
+        claim loop, whose next-wake query then sets the timer by the database clock.
+        """
+        if hint_epoch is not None and self._wake_at is not None:
+            hint_at = time.monotonic() + (hint_epoch - time.time())
+            if hint_at > self._wake_at + 1.0:  # 1 s: tolerated clock skew to the database
+                return
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        slots = asyncio.Semaphore(self._config.concurrency)
+        deliveries: set[asyncio.Task[None]] = set()
+        async with asyncio.TaskGroup() as group:
+            try:
+                await self._claim_loop(stop, slots, group, deliveries)
+            finally:
+                await self._drain(deliveries)
+
+    async def _claim_loop(
+        self,
+        stop: asyncio.Event,
+        slots: asyncio.Semaphore,
+        group: asyncio.TaskGroup,
+        deliveries: set[asyncio.Task[None]],
+    ) -> None:
+        config = self._config
+        backoff = Backoff(initial=0.2, maximum=10.0)
+        numbers = itertools.count(1)
+        database_was_down = False
+        while not stop.is_set():
+            self.heartbeat = time.monotonic()
+            if not self._publisher.connected:
+                # Claiming with no broker would only hold locks: wait for it.
+                await self._publisher.wait_connected(timeout=min(1.0, config.poll_interval))
+                continue
+            await slots.acquire()
+            try:
+                batch = await self._source.claim()
+            except DatabaseUnavailable as exc:
+                slots.release()
+                self._set_database_ok(ok=False)
+                delay = backoff.next()
+                if not database_was_down:
+                    log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2))
+                database_was_down = True
+                await wait_for_any((stop,), delay)
+                continue
+            self._set_database_ok(ok=True)
+            if database_was_down:
+                log.info("database_available")
+                database_was_down = False
+            backoff.reset()
+            self._wake.clear()
+            if batch.jobs:
+                task = group.create_task(
+                    self._deliver(batch, slots), name=f"deliver-batch-{next(numbers)}"
+                )
+                deliveries.add(task)
+                task.add_done_callback(deliveries.discard)
+            else:
+                await batch.release()
+                slots.release()
+            if len(batch.jobs) >= config.batch_size:
+                continue  # a backlog: claim the next batch at once
+            await self._sleep_until_due(batch, stop)
+
+    def _set_database_ok(self, *, ok: bool) -> None:
+        self.database_ok = ok
+        self._metrics.database_up.set(1 if ok else 0)
+
+    async def _sleep_until_due(self, batch: ClaimedBatch, stop: asyncio.Event) -> None:
+        """Wait for a notification, the next known job, the poll interval, or stop."""
+        now = time.monotonic()
+        timeout = self._config.poll_interval
+        self._wake_at = None
+        if batch.next_wake_in is not None:
+            # Claim again when the next job enters the lookahead window's second half,
+            # so it is held a while before its time and published on the dot.
+            self._wake_at = batch.claimed_at + batch.next_wake_in
+            timeout = min(timeout, self._wake_at - self._config.lookahead / 2 - now)
+        if timeout > 0:
+            await wait_for_any((self._wake, stop), timeout)
+
+    async def _deliver(self, batch: ClaimedBatch, slots: asyncio.Semaphore) -> None:
+        try:
+            try:
+                started = time.monotonic()
+                outcomes = await self._publish_on_time(batch)
+                published_at = time.monotonic()
+            except BaseException:
+                await asyncio.shield(batch.release())
+                raise
+            try:
+                settled = await batch.settle(outcomes)
+            except DatabaseUnavailable as exc:
+                self._set_database_ok(ok=False)
+                # The broker has these messages; another replica will publish them again.
+                log.error("batch_settle_failed", count=len(batch.jobs), error=str(exc))
+                return
+            self._record(batch, settled, outcomes, started, published_at)
+        finally:
+            slots.release()
+
+    async def _publish_on_time(self, batch: ClaimedBatch) -> list[Outcome]:
+        """Publish each job no earlier than its fire_at; jobs due together go together."""
+        jobs = batch.jobs
+        origin = batch.claimed_at  # due_in counts from the database's now() before this
+        pending: list[Awaitable[list[Outcome]]] = []
+        lag = self._metrics.lag
+        start = 0
+        while start < len(jobs):
+            now = time.monotonic()
+            end = start
+            while end < len(jobs) and origin + jobs[end].due_in <= now:
+                lag.observe(now - origin - jobs[end].due_in)
+                end += 1
+            if end > start:
+                pending.append(self._publisher.publish(jobs[start:end]))
+                start = end
+            else:
+                await asyncio.sleep(origin + jobs[start].due_in - now)
+        return [outcome for group in await asyncio.gather(*pending) for outcome in group]
+
+    def _record(
+        self,
+        batch: ClaimedBatch,
+        settled: Settled,
+        outcomes: Sequence[Outcome],
+        started: float,
+        published_at: float,
+    ) -> None:
+        metrics = self._metrics
+        metrics.batch_size.observe(len(batch.jobs))
+        metrics.publish_duration.observe(published_at - started)
+        metrics.commit_duration.observe(time.monotonic() - published_at)
+        metrics.published.inc(settled.published)
+        metrics.dead.inc(settled.dead)
+        metrics.released.inc(settled.released)
+        failures = [o for o in outcomes if o.delivery in (Delivery.REJECTED, Delivery.FAILED)]
+        for outcome in failures:
+            metrics.failures.labels(reason=outcome.reason).inc()
+        log.info(
+            "batch_published",
+            claimed=len(batch.jobs),
+            published=settled.published,
+            dead=settled.dead,
+            retrying=settled.retrying,
+            released=settled.released,
+            publish_ms=round((published_at - started) * 1000, 1),
+            commit_ms=round((time.monotonic() - published_at) * 1000, 1),
+            **({"first_error": failures[0].error} if failures else {}),
+        )
+
+    async def _drain(self, deliveries: set[asyncio.Task[None]]) -> None:
+        """On stop: let in-flight batches finish for `shutdown_timeout`, then cancel them."""
+        if not deliveries:
+            return
+        log.info("draining", batches=len(deliveries))
+        _, late = await asyncio.wait(set(deliveries), timeout=self._config.shutdown_timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("drain_timed_out", cancelled_batches=len(late))

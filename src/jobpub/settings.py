@@ -1,0 +1,151 @@
+"""Settings, read once from `JOBPUB_*` environment variables (or a `.env` file).
+
+Built at the entry point and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class MqttEndpoint:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: SecretStr | None
+
+    def __str__(self) -> str:  # for logs: never the password
+        scheme = "mqtts" if self.tls else "mqtt"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> MqttEndpoint:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError("must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError("has an invalid port") from exc
+    tls = parts.scheme == "mqtts"
+    return MqttEndpoint(
+        host=parts.hostname,
+        port=port or (8883 if tls else 1883),
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=SecretStr(unquote(parts.password)) if parts.password else None,
+    )
+
+
+def _check_database_url(url: SecretStr) -> SecretStr:
+    parts = urlsplit(url.get_secret_value())
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("must start with postgresql://")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError("has an invalid port") from exc
+    return url
+
+
+def _check_mqtt_url(url: SecretStr) -> SecretStr:
+    parse_mqtt_url(url.get_secret_value())
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Every setting of `jobpub`. Environment: JOBPUB_<NAME>; a `.env` file is read too."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JOBPUB_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    database_url: Annotated[SecretStr, AfterValidator(_check_database_url)]
+    mqtt_url: Annotated[SecretStr, AfterValidator(_check_mqtt_url)] = SecretStr(
+        "mqtt://localhost:1883"
+    )
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    mqtt_client_id_prefix: Annotated[str, Field(min_length=1, max_length=16)] = "jobpub"
+    mqtt_keepalive: Annotated[int, Field(ge=5, le=65535)] = 30
+    mqtt_inflight: Annotated[int, Field(ge=1, le=65535)] = 1000
+    mqtt_ack_timeout: PositiveSeconds = 30.0
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+
+    http_host: str = "0.0.0.0"  # noqa: S104 - the daemon runs in a container; scrape from outside
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+    batch_size: Annotated[int, Field(ge=1, le=50_000)] = 1000
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    poll_interval: PositiveSeconds = 5.0
+    lookahead: Annotated[float, Field(ge=0, le=10)] = 0.25
+    consumer_count: Annotated[int, Field(ge=1)] = 1
+    consumer_index: Annotated[int, Field(ge=0)] = 0
+    takeover_delay: PositiveSeconds = 30.0
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
+    retry_backoff: PositiveSeconds = 1.0
+    retry_backoff_max: PositiveSeconds = 300.0
+    shutdown_timeout: PositiveSeconds = 10.0
+    backlog_interval: PositiveSeconds = 15.0
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _check_partition(self) -> Settings:
+        if self.consumer_index >= self.consumer_count:
+            raise ValueError(
+                f"JOBPUB_CONSUMER_INDEX ({self.consumer_index}) must be below "
+                f"JOBPUB_CONSUMER_COUNT ({self.consumer_count}); indexes are 0-based"
+            )
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ValueError("JOBPUB_MQTT_CERT_FILE and JOBPUB_MQTT_KEY_FILE go together")
+        return self
+
+    @property
+    def mqtt(self) -> MqttEndpoint:
+        return parse_mqtt_url(self.mqtt_url.get_secret_value())
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line naming each bad variable, never echoing its value (it may be a secret)."""
+    problems = []
+    for item in error.errors():
+        where = "_".join(str(part) for part in item["loc"]).upper()
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"JOBPUB_{where}: {message}" if where else message)
+    return "invalid settings: " + "; ".join(problems)

@@ -1,0 +1,305 @@
+"""The database side: the only module that imports psycopg."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from jobpub import queries
+from jobpub.backoff import Backoff
+from jobpub.errors import DatabaseUnavailable, SchemaMissing
+from jobpub.metrics import Metrics
+from jobpub.models import Delivery, Job, Outcome, Settled
+from jobpub.settings import Settings
+from jobpub.waiting import wait_for_event
+
+log = structlog.get_logger("jobpub.store")
+
+# Errors that mean "the database is not there right now", as opposed to a bug.
+_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, pg_errors.AdminShutdown)
+_SCHEMA = (pg_errors.UndefinedTable, pg_errors.UndefinedColumn, pg_errors.UndefinedFunction)
+
+
+def database_errors(action: str) -> _Translate:
+    return _Translate(action)
+
+
+class _Translate:
+    """Turn psycopg's errors into ours, so the cycle never imports psycopg."""
+
+    def __init__(self, action: str) -> None:
+        self._action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, _SCHEMA):
+            raise SchemaMissing(
+                f"{self._action}: the jobs table is missing or old; run `jobpub migrate` ({exc})"
+            ) from exc
+        if isinstance(exc, _UNAVAILABLE):
+            raise DatabaseUnavailable(f"{self._action}: {str(exc).strip()}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimQuery:
+    limit: int
+    lookahead: float
+    consumer_count: int
+    consumer_index: int
+    takeover_delay: float
+
+    def params(self) -> dict[str, object]:
+        return {
+            "limit": self.limit,
+            "lookahead": self.lookahead,
+            "consumer_count": self.consumer_count,
+            "consumer_index": self.consumer_index,
+            "takeover_delay": self.takeover_delay,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    backoff: float
+    backoff_max: float
+
+
+class ClaimedBatch:
+    """Claimed rows, locked by an open transaction until `settle` or `release`."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+        connection: psycopg.AsyncConnection[Any],
+        jobs: list[Job],
+        claimed_at: float,
+        next_wake_in: float | None,
+        retry: RetryPolicy,
+    ) -> None:
+        self._pool = pool
+        self._connection: psycopg.AsyncConnection[Any] | None = connection
+        self.jobs = jobs
+        self.claimed_at = claimed_at  # time.monotonic() when the rows arrived
+        self.next_wake_in = next_wake_in
+        self._retry = retry
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> Settled:
+        """Write what happened to each job and commit: the rows leave the queue."""
+        published: list[int] = []
+        dead_ids: list[int] = []
+        dead_errors: list[str] = []
+        retry_ids: list[int] = []
+        retry_errors: list[str] = []
+        released = 0
+        for job, outcome in zip(self.jobs, outcomes, strict=True):
+            if outcome.delivery is Delivery.PUBLISHED:
+                published.append(job.id)
+            elif outcome.delivery is Delivery.REJECTED:
+                dead_ids.append(job.id)
+                dead_errors.append(outcome.error)
+            elif outcome.delivery is Delivery.FAILED:
+                retry_ids.append(job.id)
+                retry_errors.append(outcome.error)
+            else:
+                released += 1
+        connection = self._take_connection()
+        dead = len(dead_ids)
+        try:
+            with database_errors("marking a batch"):
+                async with connection.cursor() as cursor:
+                    if published:
+                        await cursor.execute(queries.MARK_PUBLISHED, {"ids": published})
+                    if dead_ids:
+                        await cursor.execute(
+                            queries.MARK_DEAD, {"ids": dead_ids, "errors": dead_errors}
+                        )
+                    if retry_ids:
+                        await cursor.execute(
+                            queries.MARK_RETRY,
+                            {
+                                "ids": retry_ids,
+                                "errors": retry_errors,
+                                "max_attempts": self._retry.max_attempts,
+                                "backoff": self._retry.backoff,
+                                "backoff_max": self._retry.backoff_max,
+                            },
+                        )
+                        dead += sum(1 for (is_dead,) in await cursor.fetchall() if is_dead)
+                await connection.commit()
+        finally:
+            await self._pool.putconn(connection)
+        return Settled(
+            published=len(published),
+            dead=dead,
+            retrying=len(retry_ids) - (dead - len(dead_ids)),
+            released=released,
+        )
+
+    async def release(self) -> None:
+        """Give every row back untouched (roll back)."""
+        if self._connection is None:
+            return
+        connection = self._take_connection()
+        try:
+            await connection.rollback()
+        except _UNAVAILABLE:
+            pass  # the connection is gone, and with it the locks: the rows are free already
+        finally:
+            await self._pool.putconn(connection)
+
+    def _take_connection(self) -> psycopg.AsyncConnection[Any]:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            raise RuntimeError("batch already settled or released")
+        return connection
+
+
+class PostgresStore:
+    """Claims, marks, listens. Connections come from one pool sized to the concurrency."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._url = settings.database_url.get_secret_value()
+        self._metrics = metrics
+        self._claim = ClaimQuery(
+            limit=settings.batch_size,
+            lookahead=settings.lookahead,
+            consumer_count=settings.consumer_count,
+            consumer_index=settings.consumer_index,
+            takeover_delay=settings.takeover_delay,
+        )
+        self._retry = RetryPolicy(
+            settings.max_attempts, settings.retry_backoff, settings.retry_backoff_max
+        )
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            self._url,
+            min_size=settings.concurrency,
+            max_size=settings.concurrency + 1,  # + the backlog sampler
+            open=False,
+            name="jobpub",
+            timeout=5.0,
+            reconnect_timeout=float("inf"),  # keep trying for as long as we run
+        )
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def claim(self) -> ClaimedBatch:
+        """Claim due rows in a new transaction; the caller settles or releases the batch."""
+        started = time.monotonic()
+        with database_errors("claiming jobs"):
+            connection = await self._pool.getconn()
+            try:
+                async with connection.cursor() as cursor:
+                    await cursor.execute(queries.CLAIM_DUE_JOBS, self._claim.params())
+                    rows = await cursor.fetchall()
+                    claimed_at = time.monotonic()
+                    next_wake_in = None
+                    if len(rows) < self._claim.limit:
+                        await cursor.execute(queries.NEXT_WAKE, self._claim.params())
+                        found = await cursor.fetchone()
+                        next_wake_in = found[0] if found else None
+            except BaseException:
+                await _discard(self._pool, connection)
+                raise
+        self._metrics.claim_duration.observe(claimed_at - started)
+        jobs = [Job(*row) for row in rows]
+        return ClaimedBatch(self._pool, connection, jobs, claimed_at, next_wake_in, self._retry)
+
+    async def sample_backlog(self) -> tuple[int, int, int]:
+        with database_errors("counting the backlog"):
+            async with self._pool.connection() as connection:
+                cursor = await connection.execute(queries.BACKLOG)
+                row = await cursor.fetchone()
+        assert row is not None
+        return row[0], row[1], row[2]
+
+    async def listen(self, on_notify: Callable[[float | None], None], stop: asyncio.Event) -> None:
+        """Deliver NOTIFY hints (earliest new fire_at, epoch seconds) until `stop`.
+
+        A latency optimisation only: polling stays correct without it (PgBouncer's
+        transaction pooling passes no LISTEN). After every (re)connect `on_notify(None)`
+        is called, since notifications sent while disconnected are lost.
+        """
+        backoff = Backoff(initial=0.5, maximum=10.0)
+        while not stop.is_set():
+            try:
+                await self._listen_once(on_notify, stop, backoff)
+            except (*_UNAVAILABLE, OSError) as exc:
+                delay = backoff.next()
+                log.warning("listen_failed", error=str(exc).strip(), retry_in_s=round(delay, 2))
+                await wait_for_event(stop, delay)
+
+    async def _listen_once(
+        self, on_notify: Callable[[float | None], None], stop: asyncio.Event, backoff: Backoff
+    ) -> None:
+        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+            await conn.execute(queries.LISTEN)
+            backoff.reset()
+            on_notify(None)
+            while not stop.is_set():
+                # Short generator runs so `stop` is seen; notifies() keeps none between runs
+                # that matter: the hint after reconnect covers any gap.
+                async for notify in conn.notifies(timeout=1.0):
+                    on_notify(_parse_hint(notify.payload))
+
+
+def _parse_hint(payload: str) -> float | None:
+    try:
+        return float(payload) if payload else None
+    except ValueError:
+        return None
+
+
+async def _discard(
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+    connection: psycopg.AsyncConnection[Any],
+) -> None:
+    try:
+        await connection.rollback()
+    except _UNAVAILABLE:
+        pass
+    await pool.putconn(connection)
+
+
+async def migrate(url: str, scripts: Sequence[tuple[int, str, str]]) -> list[int]:
+    """Apply the scripts not yet applied, in order; return the versions applied now.
+
+    An advisory lock serialises replicas that start together; each script runs in
+    its own transaction with its version record, so a failed one leaves nothing half done.
+    """
+    applied_now: list[int] = []
+    with database_errors("migrating"):
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute(queries.MIGRATION_LOCK)
+            try:
+                await conn.execute(queries.CREATE_MIGRATIONS_TABLE)
+                cursor = await conn.execute(queries.APPLIED_MIGRATIONS)
+                done = {version for (version,) in await cursor.fetchall()}
+                for version, name, sql in scripts:
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(sql)  # type: ignore[arg-type]  # our packaged files
+                        await conn.execute(
+                            queries.RECORD_MIGRATION, {"version": version, "name": name}
+                        )
+                    applied_now.append(version)
+            finally:
+                await conn.execute(queries.MIGRATION_UNLOCK)
+    return applied_now
