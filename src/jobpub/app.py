@@ -23,7 +23,15 @@ log = structlog.get_logger("jobpub.app")
 
 async def run(settings: Settings) -> int:
     """Run one replica until SIGTERM/SIGINT; 0 after a clean drain."""
-    metrics = Metrics()
+    stop = asyncio.Event()
+    _handle_signals(stop)
+    await serve(settings, stop)
+    return 0
+
+
+async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None = None) -> None:
+    """Run one replica until `stop` is set, then drain and close in reverse order."""
+    metrics = metrics or Metrics()
     store = PostgresStore(settings, metrics)
     publisher = MqttPublisher(settings, metrics)
     relay = Relay(
@@ -38,9 +46,7 @@ async def run(settings: Settings) -> int:
             shutdown_timeout=settings.shutdown_timeout,
         ),
     )
-    stop = asyncio.Event()  # stop claiming
     drained = asyncio.Event()  # the relay is done: connections and servers may close
-    _handle_signals(stop)
     healthy_within = max(60.0, 3 * settings.poll_interval)
 
     def healthz() -> Response:
@@ -89,7 +95,6 @@ async def run(settings: Settings) -> int:
     finally:
         await store.close()
     log.info("stopped")
-    return 0
 
 
 def _handle_signals(stop: asyncio.Event) -> None:

@@ -237,6 +237,7 @@ class MqttConnection(asyncio.Protocol):
         self._next_packet_id = 1
         self._writing_paused = False
         self._broker_reason = ""
+        self._refused_last = False  # the last ack was a refusal (Mosquitto may hang up next)
         self.last_received = time.monotonic()
 
     # -- asyncio.Protocol -------------------------------------------------------
@@ -440,6 +441,7 @@ class MqttConnection(asyncio.Protocol):
         entry = self._inflight.get(packet_id)
         if entry is None:
             return  # an ack for a message we already gave up on
+        self._refused_last = code >= 0x80
         if code >= 0x80:
             del self._inflight[packet_id]
             reason_string = None
@@ -502,8 +504,12 @@ class MqttConnection(asyncio.Protocol):
         broker hung up (Mosquitto closes the connection on an oversized or malformed
         PUBLISH): it is charged a failed attempt, so a row that kills every connection
         goes dead after the configured attempts. Everything else is released untouched.
+        When the broker's last word was a refusal (Mosquitto refuses a `$SYS` publish,
+        then hangs up), that refusal explains the loss and nobody else is charged.
         """
-        suspect = next((p for p, e in self._inflight.items() if not e.acknowledged), None)
+        suspect = None
+        if not self._refused_last:
+            suspect = next((p for p, e in self._inflight.items() if not e.acknowledged), None)
         for packet_id, entry in self._inflight.items():
             if packet_id == suspect:
                 outcome = Outcome(

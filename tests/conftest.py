@@ -1,0 +1,87 @@
+"""Fixtures on real services: PostgreSQL (a fresh database per test) and Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from jobpub import migrations
+from jobpub.store import migrate
+from tests.support.broker import Broker, start_broker
+from tests.support.subscriber import Subscriber
+
+PROJECT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get("JOBPUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEMPLATE = f"jobpub_template_{os.getpid()}"
+
+
+def database_url(name: str) -> str:
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    """A database with the schema migrated once; each test clones it (fast)."""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')  # type: ignore[arg-type]
+        admin.execute(f'CREATE DATABASE "{TEMPLATE}"')  # type: ignore[arg-type]
+    asyncio.run(migrate(database_url(TEMPLATE), migrations.scripts()))
+    yield TEMPLATE
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def db_url(template_database: str) -> Iterator[str]:
+    """URL of a fresh, migrated database for this test only."""
+    name = f"jobpub_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')  # type: ignore[arg-type]
+    yield database_url(name)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def empty_db_url() -> Iterator[str]:
+    """URL of a fresh database with no schema."""
+    name = f"jobpub_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+    yield database_url(name)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One Mosquitto for the session, on a free port, with the project's no-drop config."""
+    with start_broker(tmp_path_factory.mktemp("broker")) as running:
+        yield running
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A Mosquitto for this test alone, which the test may stop and start."""
+    with start_broker(tmp_path / "broker") as running:
+        yield running
+
+
+@pytest.fixture
+def subscriber(broker: Broker) -> Iterator[Subscriber]:
+    """An independent subscriber (paho-mqtt, not jobpub's code) to this test's topics."""
+    with Subscriber(broker.port, f"t{uuid.uuid4().hex[:10]}") as running:
+        yield running

@@ -1,0 +1,206 @@
+"""The schema, migrations and the claim statement against real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import psycopg
+import pytest
+
+from jobpub import migrations, queries
+from jobpub.metrics import Metrics
+from jobpub.models import PUBLISHED, Delivery, Outcome
+from jobpub.store import PostgresStore, migrate
+from tests.support.daemon import make_settings
+
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+async def insert_due(db: Conn, count: int, *, topic: str = "t/x", offset: str = "-1 s") -> None:
+    await db.execute(
+        "INSERT INTO jobs (topic, payload, fire_at) "
+        "SELECT %s || '/' || i, 'p' || i, now() + %s::interval FROM generate_series(1, %s) i",
+        (topic, offset, count),
+    )
+
+
+def store_for(db_url: str, **overrides: Any) -> PostgresStore:
+    return PostgresStore(make_settings(db_url, "mqtt://127.0.0.1:1", **overrides), Metrics())
+
+
+async def test_migrate_is_idempotent_and_safe_when_run_concurrently(empty_db_url: str) -> None:
+    scripts = migrations.scripts()
+    applied = await asyncio.gather(*(migrate(empty_db_url, scripts) for _ in range(5)))
+    assert sorted(len(a) for a in applied) == [0, 0, 0, 0, len(scripts)]
+    assert await migrate(empty_db_url, scripts) == []
+    async with await psycopg.AsyncConnection.connect(empty_db_url) as conn:
+        cursor = await conn.execute("SELECT count(*) FROM jobpub_migrations")
+        assert await cursor.fetchone() == (len(scripts),)
+
+
+async def test_migrate_adopts_an_existing_jobpublisher_table(empty_db_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(empty_db_url, autocommit=True) as conn:
+        await conn.execute(
+            "CREATE TABLE jobs (id serial PRIMARY KEY, topic text NOT NULL, payload text,"
+            " fire_at timestamptz NOT NULL, processed boolean NOT NULL DEFAULT false,"
+            " processed_at timestamptz)"
+        )
+        await conn.execute("INSERT INTO jobs (topic, payload, fire_at) VALUES ('old/1', 'x', now())")
+        await migrate(empty_db_url, migrations.scripts())
+        cursor = await conn.execute("SELECT topic, qos, retain, attempts FROM jobs")
+        assert await cursor.fetchall() == [("old/1", 1, False, 0)]
+
+
+async def test_both_seed_insert_forms_work_unchanged(db: Conn) -> None:
+    await db.execute(
+        "INSERT INTO jobs (topic, payload, fire_at) "
+        """VALUES ('home/valve/7', '{"open": true}', now() + interval '5 min')"""
+    )
+    await db.execute(
+        "INSERT INTO jobs (topic, payload, fire_at, processed, processed_at) "
+        """VALUES ('job/test/topic', '{"Job": "x"}', now(), false, null)"""
+    )
+    cursor = await db.execute("SELECT topic, qos, retain, processed FROM jobs ORDER BY id")
+    assert await cursor.fetchall() == [
+        ("home/valve/7", 1, False, False),
+        ("job/test/topic", 1, False, False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("topic", "qos", "constraint"),
+    [
+        ("", 1, "jobs_topic_not_empty"),
+        ("a/+/b", 1, "jobs_topic_no_wildcards"),
+        ("a/#", 1, "jobs_topic_no_wildcards"),
+        ("a/\x01", 1, "jobs_topic_no_control_characters"),
+        ("x" * 65536, 1, "jobs_topic_max_length"),
+        ("ok/topic", 3, "jobs_qos_valid"),
+        ("ok/topic", -1, "jobs_qos_valid"),
+    ],
+)
+async def test_constraints_refuse_unpublishable_rows_at_insert(
+    db: Conn, topic: str, qos: int, constraint: str
+) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation, match=constraint):
+        await db.execute(
+            "INSERT INTO jobs (topic, payload, qos) VALUES (%s, 'x', %s)", (topic, qos)
+        )
+
+
+async def test_null_topic_and_payload_are_refused(db: Conn) -> None:
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        await db.execute("INSERT INTO jobs (topic, payload) VALUES (NULL, 'x')")
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        await db.execute("INSERT INTO jobs (topic, payload) VALUES ('a', NULL)")
+
+
+async def test_claim_query_uses_the_partial_index(db: Conn) -> None:
+    # Many processed rows and a modest backlog: the shape the index is for.
+    await db.execute(
+        "INSERT INTO jobs (topic, payload, fire_at, processed) "
+        "SELECT 't/' || i, 'p', now() - interval '1 day' + i * interval '1 ms', i % 10 <> 0 "
+        "FROM generate_series(1, 50000) i"
+    )
+    await db.execute("ANALYZE jobs")
+    params = {"limit": 1000, "lookahead": 0.25, "consumer_count": 1, "consumer_index": 0,
+              "takeover_delay": 30.0}  # fmt: skip
+    cursor = await db.execute(
+        "EXPLAIN (FORMAT JSON) " + queries.CLAIM_DUE_JOBS, params  # type: ignore[operator]
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    plan = json.dumps(row[0])
+    assert "jobs_pending_fire_at_idx" in plan, plan
+    assert '"Node Type": "Sort"' not in plan, "the claim must read the index in order, not sort"
+
+
+async def test_claim_takes_due_rows_in_order_and_never_future_ones(db_url: str, db: Conn) -> None:
+    await db.execute(
+        "INSERT INTO jobs (topic, fire_at) VALUES "
+        "('t/late', now() - interval '3 days'), ('t/due', now() - interval '1 s'), "
+        "('t/future', now() + interval '1 hour'), ('t/done', now() - interval '1 s')"
+    )
+    await db.execute("UPDATE jobs SET processed = true WHERE topic = 't/done'")
+    store = store_for(db_url, lookahead=0)
+    await store.open()
+    try:
+        batch = await store.claim()
+        assert [job.topic for job in batch.jobs] == ["t/late", "t/due"]
+        assert batch.next_wake_in is not None and 3590 < batch.next_wake_in <= 3600
+        await batch.release()
+    finally:
+        await store.close()
+
+
+async def test_concurrent_claims_are_disjoint_and_bounded_by_the_limit(
+    db_url: str, db: Conn
+) -> None:
+    await insert_due(db, 500)
+    store = store_for(db_url, batch_size=100, concurrency=4)
+    await store.open()
+    try:
+        batches = await asyncio.gather(*(store.claim() for _ in range(4)))
+        ids = [job.id for batch in batches for job in batch.jobs]
+        assert [len(batch.jobs) for batch in batches] == [100] * 4
+        assert len(set(ids)) == 400
+        for batch in batches:
+            await batch.release()
+    finally:
+        await store.close()
+
+
+async def test_settle_marks_published_dead_and_retrying_rows(db_url: str, db: Conn) -> None:
+    await insert_due(db, 4)
+    store = store_for(db_url, max_attempts=2)
+    await store.open()
+    try:
+        batch = await store.claim()
+        outcomes = [
+            PUBLISHED,
+            Outcome(Delivery.REJECTED, "invalid_topic", "topic is empty"),
+            Outcome(Delivery.FAILED, "broker_0x97", "quota exceeded"),
+            Outcome(Delivery.NOT_SENT, "connection_lost", "gone"),
+        ]
+        settled = await batch.settle(outcomes)
+        assert (settled.published, settled.dead, settled.retrying, settled.released) == (1, 1, 1, 1)
+        cursor = await db.execute(
+            "SELECT processed, processed_at IS NOT NULL, failed_at IS NOT NULL, attempts,"
+            " last_error, next_attempt_at > now() FROM jobs ORDER BY id"
+        )
+        assert await cursor.fetchall() == [
+            (True, True, False, 0, None, None),
+            (False, False, True, 1, "topic is empty", None),
+            (False, False, False, 1, "quota exceeded", True),
+            (False, False, False, 0, None, None),
+        ]
+        # The retrying row is not claimable until its backoff ends; the released one is.
+        again = await store.claim()
+        assert [job.id for job in again.jobs] == [batch.jobs[3].id]
+        await again.release()
+        # Out of attempts: the second failure makes it dead.
+        await db.execute("UPDATE jobs SET next_attempt_at = now() WHERE attempts = 1")
+        third = await store.claim()
+        failing = [Outcome(Delivery.FAILED, "broker_0x97", "again") for _ in third.jobs]
+        assert (await third.settle(failing)).dead == 1
+    finally:
+        await store.close()
+
+
+async def test_partition_takes_own_rows_and_overdue_rows_of_others(db_url: str, db: Conn) -> None:
+    await insert_due(db, 10, offset="-1 s")
+    await insert_due(db, 10, topic="old", offset="-1 hour")
+    store = store_for(db_url, consumer_count=2, consumer_index=1, takeover_delay=60)
+    await store.open()
+    try:
+        batch = await store.claim()
+        recent = [job for job in batch.jobs if job.topic.startswith("t/")]
+        overdue = [job for job in batch.jobs if job.topic.startswith("old/")]
+        assert recent and all(job.id % 2 == 1 for job in recent)
+        assert len(recent) == 5
+        assert len(overdue) == 10, "rows overdue past the takeover delay go to any replica"
+        await batch.release()
+    finally:
+        await store.close()
