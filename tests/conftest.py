@@ -17,7 +17,9 @@ from tests.support.broker import Broker, start_broker
 from tests.support.subscriber import Subscriber
 
 PROJECT = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get("JOBPUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "JOBPUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 TEMPLATE = f"jobpub_template_{os.getpid()}"
 
 
@@ -30,12 +32,12 @@ def database_url(name: str) -> str:
 def template_database() -> Iterator[str]:
     """A database with the schema migrated once; each test clones it (fast)."""
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')  # type: ignore[arg-type]
-        admin.execute(f'CREATE DATABASE "{TEMPLATE}"')  # type: ignore[arg-type]
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
+        admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
     asyncio.run(migrate(database_url(TEMPLATE), migrations.scripts()))
     yield TEMPLATE
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')  # type: ignore[arg-type]
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -43,10 +45,10 @@ def db_url(template_database: str) -> Iterator[str]:
     """URL of a fresh, migrated database for this test only."""
     name = f"jobpub_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')  # type: ignore[arg-type]
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     yield database_url(name)
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -54,10 +56,10 @@ def empty_db_url() -> Iterator[str]:
     """URL of a fresh database with no schema."""
     name = f"jobpub_empty_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        admin.execute(f'CREATE DATABASE "{name}"')
     yield database_url(name)
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

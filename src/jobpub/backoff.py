@@ -13,7 +13,7 @@ class Backoff:
 
     def next(self) -> float:
         """The next delay: doubling from `initial`, capped, with up to 50% jitter off."""
-        ceiling = min(self._maximum, self._initial * 2**self._attempt)
+        ceiling = min(self._maximum, self._initial * 2.0**self._attempt)
         self._attempt += 1
         # Jitter keeps a fleet of replicas from reconnecting in lockstep; not cryptographic.
         return ceiling * random.uniform(0.5, 1.0)  # noqa: S311

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"jobpub: {describe_errors(exc)}", file=sys.stderr)  # noqa: T201
+        print(f"jobpub: {describe_errors(exc)}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     logs.configure(settings.log_format, settings.log_level)
 
@@ -58,7 +58,7 @@ async def _migrate(settings: Settings, wait: float) -> int:
             applied = await migrate(settings.database_url.get_secret_value(), migrations.scripts())
         except DatabaseUnavailable as exc:
             if time.monotonic() >= deadline:
-                log.error("migrate_failed", error=str(exc))
+                log.exception("migrate_failed", error=str(exc))
                 return EXIT_FAILED
             log.warning("migrate_waiting_for_database", error=str(exc))
             await asyncio.sleep(1.0)

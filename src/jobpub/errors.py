@@ -11,7 +11,3 @@ class DatabaseUnavailable(JobpubError):
 
 class SchemaMissing(DatabaseUnavailable):
     """The jobs table or its columns are missing: `jobpub migrate` has not run."""
-
-
-class BrokerUnavailable(JobpubError):
-    """The MQTT broker could not be reached or refused the connection."""

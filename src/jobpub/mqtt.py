@@ -186,7 +186,9 @@ def _read_varint(data: memoryview | bytearray, offset: int) -> tuple[int, int]:
 
 def _reason_text(code: int, reason_string: object) -> str:
     name = _REASON_NAMES.get(code, "error")
-    detail = f": {reason_string.decode(errors='replace')}" if isinstance(reason_string, bytes) else ""
+    detail = (
+        f": {reason_string.decode(errors='replace')}" if isinstance(reason_string, bytes) else ""
+    )
     return f"broker refused the message: {name} (0x{code:02x}){detail}"
 
 
@@ -243,8 +245,7 @@ class MqttConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]  # create_connection: TCP/TLS
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -410,7 +411,7 @@ class MqttConnection(asyncio.Protocol):
         for batch, index in written_qos0:
             batch.settle(index, PUBLISHED)
 
-    def _handle(self, header: int, body: memoryview) -> None:  # noqa: C901, PLR0912 - one branch per packet type
+    def _handle(self, header: int, body: memoryview) -> None:
         kind = header >> 4
         if kind == 4:  # PUBACK
             self._settle_ack(body, final=True)

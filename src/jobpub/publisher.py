@@ -48,7 +48,9 @@ class MqttPublisher:
         connection = self._connection
         if connection is None:
             future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-            future.set_result([Outcome(Delivery.NOT_SENT, "broker_down", "not connected")] * len(jobs))
+            future.set_result(
+                [Outcome(Delivery.NOT_SENT, "broker_down", "not connected")] * len(jobs)
+            )
             return future
         return connection.publish(jobs)
 

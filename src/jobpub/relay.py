@@ -170,7 +170,7 @@ class Relay:
             except DatabaseUnavailable as exc:
                 self._set_database_ok(ok=False)
                 # The broker has these messages; another replica will publish them again.
-                log.error("batch_settle_failed", count=len(batch.jobs), error=str(exc))
+                log.exception("batch_settle_failed", count=len(batch.jobs), error=str(exc))
                 return
             self._record(batch, settled, outcomes, started, published_at)
         finally:

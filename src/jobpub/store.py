@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class ClaimedBatch:
 
     def __init__(
         self,
+        *,
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
         connection: psycopg.AsyncConnection[Any],
         jobs: list[Job],
@@ -219,14 +221,22 @@ class PostgresStore:
                 raise
         self._metrics.claim_duration.observe(claimed_at - started)
         jobs = [Job(*row) for row in rows]
-        return ClaimedBatch(self._pool, connection, jobs, claimed_at, next_wake_in, self._retry)
+        return ClaimedBatch(
+            pool=self._pool,
+            connection=connection,
+            jobs=jobs,
+            claimed_at=claimed_at,
+            next_wake_in=next_wake_in,
+            retry=self._retry,
+        )
 
     async def sample_backlog(self) -> tuple[int, int, int]:
         with database_errors("counting the backlog"):
             async with self._pool.connection() as connection:
                 cursor = await connection.execute(queries.BACKLOG)
                 row = await cursor.fetchone()
-        assert row is not None
+        if row is None:
+            raise DatabaseUnavailable("counting the backlog: no row returned")
         return row[0], row[1], row[2]
 
     async def listen(self, on_notify: Callable[[float | None], None], stop: asyncio.Event) -> None:
@@ -270,10 +280,8 @@ async def _discard(
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
     connection: psycopg.AsyncConnection[Any],
 ) -> None:
-    try:
+    with contextlib.suppress(*_UNAVAILABLE):
         await connection.rollback()
-    except _UNAVAILABLE:
-        pass
     await pool.putconn(connection)
 
 
@@ -295,7 +303,7 @@ async def migrate(url: str, scripts: Sequence[tuple[int, str, str]]) -> list[int
                     if version in done:
                         continue
                     async with conn.transaction():
-                        await conn.execute(sql)  # type: ignore[arg-type]  # our packaged files
+                        await conn.execute(sql)
                         await conn.execute(
                             queries.RECORD_MIGRATION, {"version": version, "name": name}
                         )

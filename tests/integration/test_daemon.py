@@ -23,7 +23,7 @@ Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 async def http_get(port: int, path: str) -> tuple[int, str]:
     def fetch() -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:  # noqa: S310 - our own endpoint
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
@@ -34,7 +34,7 @@ async def http_get(port: int, path: str) -> tuple[int, str]:
 
 
 async def count(db: Conn, where: str) -> int:
-    cursor = await db.execute(f"SELECT count(*) FROM jobs WHERE {where}")  # type: ignore[arg-type]
+    cursor = await db.execute(f"SELECT count(*) FROM jobs WHERE {where}")
     row = await cursor.fetchone()
     assert row is not None
     return int(row[0])
@@ -99,7 +99,8 @@ async def test_future_jobs_wait_for_their_time_then_fire(
     async with running(make_settings(db_url, broker.url, poll_interval=30)):
         await asyncio.sleep(0)  # let it start and go idle: NOTIFY must wake it
         await db.execute(
-            "INSERT INTO jobs (topic, payload, fire_at) VALUES (%s, 'later', now() + interval '1.5 s')",
+            "INSERT INTO jobs (topic, payload, fire_at) "
+            "VALUES (%s, 'later', now() + interval '1.5 s')",
             (subscriber.topic("later"),),
         )
         [message] = await asyncio.to_thread(subscriber.wait_for, 1, 10)
@@ -117,7 +118,8 @@ async def test_broker_down_at_start_and_lost_while_running(
     port = free_port()
     async with running(make_settings(db_url, own_broker.url, http_port=port)):
         await db.execute(
-            "INSERT INTO jobs (topic, payload) SELECT 'outage/' || i, 'x' FROM generate_series(1, 100) i"
+            "INSERT INTO jobs (topic, payload) "
+            "SELECT 'outage/' || i, 'x' FROM generate_series(1, 100) i"
         )
         await eventually(lambda: _status_is(port, 503), 10, "/readyz not ready")
         assert "broker not connected" in (await http_get(port, "/readyz"))[1]
@@ -125,7 +127,8 @@ async def test_broker_down_at_start_and_lost_while_running(
         await eventually(lambda: _settled(db), 20, "jobs published once the broker is up")
         own_broker.stop(hard=True)
         await db.execute(
-            "INSERT INTO jobs (topic, payload) SELECT 'outage2/' || i, 'x' FROM generate_series(1, 100) i"
+            "INSERT INTO jobs (topic, payload) "
+            "SELECT 'outage2/' || i, 'x' FROM generate_series(1, 100) i"
         )
         await eventually(lambda: _status_is(port, 503), 10, "/readyz not ready")
         own_broker.start()
@@ -153,12 +156,13 @@ async def test_database_down_at_start_and_lost_while_running(
             await eventually(lambda: _settled(db), 30, "jobs published once the database is up")
             await proxy.cut()
             await db.execute(
-                "INSERT INTO jobs (topic, payload) SELECT %s || i, 'x' FROM generate_series(1, 50) i",
+                "INSERT INTO jobs (topic, payload) "
+                "SELECT %s || i, 'x' FROM generate_series(1, 50) i",
                 (subscriber.topic("db2/"),),
             )
             await eventually(lambda: _status_is(port, 503), 15, "/readyz not ready")
             await proxy.open()
-            await eventually(lambda: _settled(db), 30, "jobs published after the database returns")
+            await eventually(lambda: _settled(db), 30, "published after the database returns")
     received = {m.topic for m in subscriber.snapshot()}
     assert len(received) == 100
 
@@ -178,3 +182,24 @@ async def test_mqtt_311_broker_works_too(
     async with running(make_settings(db_url, broker.url, mqtt_protocol=protocol)):
         await asyncio.to_thread(subscriber.wait_for, 20, 10)
         await eventually(lambda: _settled(db), 10, "rows marked")
+
+
+async def test_rows_of_a_missing_partner_fire_after_the_takeover_delay(
+    db_url: str, db: Conn, broker: Broker, subscriber: Subscriber
+) -> None:
+    # Replica 0 of 2 runs; replica 1 never comes. Its odd-id rows must still fire.
+    await db.execute(
+        "INSERT INTO jobs (topic, payload) SELECT %s || i, 'x' FROM generate_series(1, 10) i",
+        (subscriber.topic("p/"),),
+    )
+    settings = make_settings(db_url, broker.url, consumer_count=2, consumer_index=0,
+                             takeover_delay=2.0)  # fmt: skip
+    async with running(settings):
+        own = await asyncio.to_thread(subscriber.wait_for_jobs, 5, 10)
+        assert all(job_id is not None and job_id % 2 == 0 for job_id in own)
+        everything = await asyncio.to_thread(subscriber.wait_for_jobs, 10, 15)
+    cursor = await db.execute("SELECT min(processed_at - fire_at) FROM jobs WHERE id % 2 = 1")
+    row = await cursor.fetchone()
+    assert row is not None
+    assert row[0].total_seconds() >= 2.0
+    assert len(everything) == 10

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from jobpub.metrics import Metrics
 from jobpub.models import PUBLISHED, Delivery, Job
@@ -132,10 +133,13 @@ async def test_retain_flag_is_honoured(broker: Broker, connection: MqttConnectio
     # A subscriber that arrives later still gets the retained message.
     got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
     loop = asyncio.get_running_loop()
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(
-        lambda: got.done() or got.set_result(m.payload)
-    )
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+
+    def on_message(_: paho.Client, __: object, message: paho.MQTTMessage) -> None:
+        payload = bytes(message.payload)
+        loop.call_soon_threadsafe(lambda: None if got.done() else got.set_result(payload))
+
+    client.on_message = on_message
     client.connect("127.0.0.1", broker.port)
     client.subscribe(topic, qos=1)
     client.loop_start()

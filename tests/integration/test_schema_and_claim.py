@@ -47,7 +47,9 @@ async def test_migrate_adopts_an_existing_jobpublisher_table(empty_db_url: str) 
             " fire_at timestamptz NOT NULL, processed boolean NOT NULL DEFAULT false,"
             " processed_at timestamptz)"
         )
-        await conn.execute("INSERT INTO jobs (topic, payload, fire_at) VALUES ('old/1', 'x', now())")
+        await conn.execute(
+            "INSERT INTO jobs (topic, payload, fire_at) VALUES ('old/1', 'x', now())"
+        )
         await migrate(empty_db_url, migrations.scripts())
         cursor = await conn.execute("SELECT topic, qos, retain, attempts FROM jobs")
         assert await cursor.fetchall() == [("old/1", 1, False, 0)]
@@ -108,7 +110,8 @@ async def test_claim_query_uses_the_partial_index(db: Conn) -> None:
     params = {"limit": 1000, "lookahead": 0.25, "consumer_count": 1, "consumer_index": 0,
               "takeover_delay": 30.0}  # fmt: skip
     cursor = await db.execute(
-        "EXPLAIN (FORMAT JSON) " + queries.CLAIM_DUE_JOBS, params  # type: ignore[operator]
+        "EXPLAIN (FORMAT JSON) " + queries.CLAIM_DUE_JOBS,
+        params,
     )
     row = await cursor.fetchone()
     assert row is not None
@@ -129,7 +132,8 @@ async def test_claim_takes_due_rows_in_order_and_never_future_ones(db_url: str, 
     try:
         batch = await store.claim()
         assert [job.topic for job in batch.jobs] == ["t/late", "t/due"]
-        assert batch.next_wake_in is not None and 3590 < batch.next_wake_in <= 3600
+        assert batch.next_wake_in is not None
+        assert 3590 < batch.next_wake_in <= 3600
         await batch.release()
     finally:
         await store.close()
@@ -198,7 +202,8 @@ async def test_partition_takes_own_rows_and_overdue_rows_of_others(db_url: str, 
         batch = await store.claim()
         recent = [job for job in batch.jobs if job.topic.startswith("t/")]
         overdue = [job for job in batch.jobs if job.topic.startswith("old/")]
-        assert recent and all(job.id % 2 == 1 for job in recent)
+        assert recent
+        assert all(job.id % 2 == 1 for job in recent)
         assert len(recent) == 5
         assert len(overdue) == 10, "rows overdue past the takeover delay go to any replica"
         await batch.release()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 
 from tests.support.waiting import wait_until
@@ -27,13 +28,15 @@ class Received:
 class Subscriber:
     """Subscribes to `<prefix>/#` at QoS 2 and records every message with its arrival."""
 
-    def __init__(self, port: int, prefix: str, protocol: int = mqtt.MQTTv5) -> None:
+    def __init__(
+        self, port: int, prefix: str, protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5
+    ) -> None:
         self.prefix = prefix
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=f"verifier-{uuid.uuid4().hex[:8]}",
             protocol=protocol,
         )
@@ -70,8 +73,14 @@ class Subscriber:
                 job_id = int(value)
         with self._lock:
             self.messages.append(
-                Received(message.topic, message.payload, job_id, message.qos, bool(message.retain),
-                         arrived)  # fmt: skip
+                Received(
+                    message.topic,
+                    bytes(message.payload),
+                    job_id,
+                    message.qos,
+                    bool(message.retain),
+                    arrived,
+                )
             )
 
     def count(self) -> int:
@@ -82,6 +91,21 @@ class Subscriber:
         with self._lock:
             return list(self.messages)
 
+    def distinct_jobs(self) -> set[int | None]:
+        with self._lock:
+            return {m.job_id for m in self.messages}
+
+    def wait_for_jobs(self, count: int, timeout: float) -> set[int | None]:
+        """Wait until `count` distinct job ids arrived (duplicates do not count)."""
+        wait_until(
+            lambda: len(self.distinct_jobs()) >= count,
+            timeout,
+            f"{count} distinct jobs (have {len(self.distinct_jobs())})",
+        )
+        return self.distinct_jobs()
+
     def wait_for(self, count: int, timeout: float) -> list[Received]:
-        wait_until(lambda: self.count() >= count, timeout, f"{count} messages (have {self.count()})")
+        wait_until(
+            lambda: self.count() >= count, timeout, f"{count} messages (have {self.count()})"
+        )
         return self.snapshot()

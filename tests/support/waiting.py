@@ -15,9 +15,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.01)
 
 
-async def eventually(
-    condition: Callable[[], Awaitable[bool]], timeout: float, what: str
-) -> None:
+async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not await condition():
         if time.monotonic() > deadline:

@@ -1,0 +1,69 @@
+"""Encoding and decoding of the MQTT packets jobpub writes and reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobpub.mqtt import (
+    PROTOCOL_V5,
+    PROTOCOL_V311,
+    decode_properties,
+    encode_connect,
+    encode_varint,
+    topic_problem,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [(0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"), (16383, b"\xff\x7f"),
+     (2_097_152, b"\x80\x80\x80\x01"), (268_435_455, b"\xff\xff\xff\x7f")],
+)  # fmt: skip
+def test_varint_matches_the_mqtt_spec_examples(value: int, encoded: bytes) -> None:
+    assert encode_varint(value) == encoded
+
+
+def test_connect_v311_with_credentials() -> None:
+    packet = encode_connect(PROTOCOL_V311, "cid", 30, "user", "secret")
+    assert packet[0] == 0x10
+    body = packet[2:]
+    assert body[:6] == b"\x00\x04MQTT"
+    assert body[6] == 4
+    assert body[7] == 0x80 | 0x40 | 0x02  # user name, password, clean session
+    assert body.endswith(b"\x00\x04user\x00\x06secret")
+
+
+def test_connect_v5_has_an_empty_property_block() -> None:
+    packet = encode_connect(PROTOCOL_V5, "cid", 60, None, None)
+    # protocol name, level 5, clean start, keepalive 60, no properties, client id
+    assert packet == b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03cid"
+
+
+def test_decode_properties_reads_limits_and_skips_the_rest() -> None:
+    block = (
+        b"\x21\x00\x0a"  # receive maximum 10
+        b"\x27\x00\x01\x00\x00"  # maximum packet size 65536
+        b"\x26\x00\x01k\x00\x01v"  # a user property, skipped
+        b"\x1f\x00\x02hi"  # reason string
+    )
+    properties, consumed = decode_properties(memoryview(encode_varint(len(block)) + block))
+    assert properties[0x21] == 10
+    assert properties[0x27] == 65536
+    assert properties[0x1F] == b"hi"
+    assert consumed == len(block) + 1
+
+
+@pytest.mark.parametrize(
+    ("topic", "problem"),
+    [("", "empty"), ("a/+", "wildcard"), ("#", "wildcard"), ("a\x00b", "control"),
+     ("a\x7fb", "control"), ("a\u0085b", "control"), ("é" * 40000, "longer than")],
+)  # fmt: skip
+def test_topics_mqtt_forbids(topic: str, problem: str) -> None:
+    found = topic_problem(topic)
+    assert found is not None
+    assert problem in found
+
+
+@pytest.mark.parametrize("topic", ["a", "home/valve/7", "$delayed/10/x", "a//b", "/", "ü/日本"])
+def test_topics_mqtt_allows(topic: str) -> None:
+    assert topic_problem(topic) is None

@@ -1,0 +1,184 @@
+"""The cycle with fakes of our own Protocols (JobSource, ClaimedBatch, Publisher)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from jobpub.errors import DatabaseUnavailable
+from jobpub.metrics import Metrics
+from jobpub.models import PUBLISHED, Job, Outcome, Settled
+from jobpub.relay import Relay, RelayConfig
+
+
+class FakeBatch:
+    def __init__(self, jobs: list[Job], next_wake_in: float | None = None) -> None:
+        self.jobs = jobs
+        self.claimed_at = time.monotonic()
+        self.next_wake_in = next_wake_in
+        self.settled: list[Outcome] | None = None
+        self.released = False
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> Settled:
+        self.settled = list(outcomes)
+        return Settled(len(outcomes), 0, 0, 0)
+
+    async def release(self) -> None:
+        self.released = True
+
+
+class FakeSource:
+    def __init__(self, *batches: FakeBatch | Exception) -> None:
+        self.queue = list(batches)
+        self.claims = 0
+        self.handed_out: list[FakeBatch] = []
+
+    async def claim(self) -> FakeBatch:
+        self.claims += 1
+        item = self.queue.pop(0) if self.queue else FakeBatch([])
+        if isinstance(item, Exception):
+            raise item
+        self.handed_out.append(item)
+        return item
+
+
+class FakePublisher:
+    def __init__(self, *, connected: bool = True, hold: asyncio.Event | None = None) -> None:
+        self.connected = connected
+        self.sent: list[tuple[float, Job]] = []
+        self._hold = hold
+
+    async def wait_connected(self, timeout: float) -> bool:
+        await asyncio.sleep(min(timeout, 0.01))
+        return self.connected
+
+    def publish(self, jobs: Sequence[Job]) -> asyncio.Future[list[Outcome]]:
+        now = time.monotonic()
+        self.sent.extend((now, job) for job in jobs)
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        if self._hold is None:
+            future.set_result([PUBLISHED] * len(jobs))
+        else:
+            hold = self._hold
+
+            async def later() -> None:
+                await hold.wait()
+                future.set_result([PUBLISHED] * len(jobs))
+
+            asyncio.get_running_loop().create_task(later(), name="fake-ack")
+        return future
+
+
+def config(**overrides: float) -> RelayConfig:
+    values = {"batch_size": 10, "concurrency": 2, "poll_interval": 0.05, "lookahead": 0.25,
+              "shutdown_timeout": 1.0}  # fmt: skip
+    values.update(overrides)
+    return RelayConfig(**values)  # type: ignore[arg-type]
+
+
+def job(job_id: int, due_in: float) -> Job:
+    return Job(job_id, f"t/{job_id}", "x", 1, False, due_in)
+
+
+async def run_until(relay: Relay, condition: asyncio.Event | None, seconds: float) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop), name="relay-under-test")
+    if condition is not None:
+        await asyncio.wait_for(condition.wait(), seconds)
+    else:
+        await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_each_job_goes_out_no_earlier_than_its_time() -> None:
+    batch = FakeBatch([job(1, -5.0), job(2, 0.0), job(3, 0.05), job(4, 0.12)])
+    publisher = FakePublisher()
+    relay = Relay(FakeSource(batch), publisher, Metrics(), config())
+    await run_until(relay, None, 0.3)
+    assert [j.id for _, j in publisher.sent] == [1, 2, 3, 4]
+    for sent_at, sent in publisher.sent:
+        assert sent_at >= batch.claimed_at + sent.due_in
+    assert batch.settled == [PUBLISHED] * 4
+
+
+async def test_nothing_is_claimed_while_the_broker_is_down() -> None:
+    source = FakeSource(FakeBatch([job(1, -1)]))
+    relay = Relay(source, FakePublisher(connected=False), Metrics(), config())
+    await run_until(relay, None, 0.1)
+    assert source.claims == 0
+
+
+async def test_database_errors_are_survived_and_reported() -> None:
+    batch = FakeBatch([job(1, -1)])
+    source = FakeSource(DatabaseUnavailable("down"), batch)
+    metrics = Metrics()
+    relay = Relay(source, FakePublisher(), metrics, config())
+    await run_until(relay, None, 0.6)
+    assert batch.settled == [PUBLISHED]
+    assert relay.database_ok
+
+
+async def test_a_full_batch_is_followed_by_another_claim_at_once() -> None:
+    full = FakeBatch([job(i, -1) for i in range(10)])
+    source = FakeSource(full, FakeBatch([job(99, -1)]))
+    relay = Relay(source, FakePublisher(), Metrics(), config(poll_interval=60))
+    await run_until(relay, None, 0.1)
+    assert source.claims >= 2, "the poll interval must not delay a backlog"
+
+
+async def test_a_notification_wakes_the_idle_loop() -> None:
+    source = FakeSource()
+    relay = Relay(source, FakePublisher(), Metrics(), config(poll_interval=60))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop), name="relay-under-test")
+    await asyncio.sleep(0.05)
+    before = source.claims
+    relay.notify(None)
+    await asyncio.sleep(0.05)
+    assert source.claims == before + 1
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_hint_far_beyond_the_planned_wake_is_ignored() -> None:
+    source = FakeSource(FakeBatch([], next_wake_in=30.0))
+    relay = Relay(source, FakePublisher(), Metrics(), config(poll_interval=60))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop), name="relay-under-test")
+    await asyncio.sleep(0.05)
+    relay.notify(time.time() + 3600)
+    await asyncio.sleep(0.05)
+    assert source.claims == 1
+    relay.notify(time.time() + 1)  # earlier than planned: claim now
+    await asyncio.sleep(0.05)
+    assert source.claims == 2
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_stop_waits_for_in_flight_acks_then_settles() -> None:
+    hold = asyncio.Event()
+    batch = FakeBatch([job(1, -1)])
+    relay = Relay(FakeSource(batch), FakePublisher(hold=hold), Metrics(), config())
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop), name="relay-under-test")
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.sleep(0.1)
+    assert not task.done(), "the drain waits for the in-flight batch"
+    hold.set()
+    await asyncio.wait_for(task, 5)
+    assert batch.settled == [PUBLISHED]
+
+
+async def test_drain_timeout_releases_the_batch() -> None:
+    batch = FakeBatch([job(1, -1)])
+    relay = Relay(
+        FakeSource(batch), FakePublisher(hold=asyncio.Event()), Metrics(),
+        config(shutdown_timeout=0.1),
+    )  # fmt: skip
+    await run_until(relay, None, 0.05)
+    assert batch.released
+    assert batch.settled is None
