@@ -1,0 +1,22 @@
+# syntax=docker/dockerfile:1
+
+# Build a wheel with the project's build backend; nothing of the build stays in the image.
+FROM python:3.12-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.12-slim-bookworm
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin jobpub
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-compile /wheels/*.whl && rm -rf /wheels
+ENV PYTHONUNBUFFERED=1 \
+    JOBPUB_HTTP_PORT=8080
+USER 10001
+EXPOSE 8080
+# /healthz answers while the relay loop is alive; orchestrators restart it otherwise.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('JOBPUB_HTTP_PORT', '8080') + '/healthz', timeout=2)"]
+ENTRYPOINT ["jobpub"]
+CMD ["run"]
