@@ -176,3 +176,20 @@ def test_bad_settings_give_one_line_and_exit_2(
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert "db.invalid" not in lines[0], "values (which may hold secrets) are not echoed"
+
+
+def test_credentials_never_reach_the_logs(
+    db_url: str, broker: Broker, subscriber: Subscriber, tmp_path: Path, replicas: list[Replica]
+) -> None:
+    # Trust authentication and an anonymous broker accept any password: a real run.
+    secret_db = db_url.replace("postgres@", "postgres:db-Secret-42@")
+    secret_mqtt = broker.url.replace("mqtt://", "mqtt://someone:mqtt-Secret-42@")
+    replica = start(replicas, tmp_path, env_for(secret_db, secret_mqtt))
+    insert_due(db_url, subscriber.prefix, 3)
+    subscriber.wait_for_jobs(3, 20)
+    replica.signal(signal.SIGTERM)
+    assert replica.wait(20) == 0
+    log = replica.log_text()
+    assert "postgresql://postgres:***@127.0.0.1" in log  # the URLs are logged, redacted
+    assert "mqtt://someone@127.0.0.1" in log
+    assert "Secret-42" not in log

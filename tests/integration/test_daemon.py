@@ -203,3 +203,27 @@ async def test_rows_of_a_missing_partner_fire_after_the_takeover_delay(
     assert row is not None
     assert row[0].total_seconds() >= 2.0
     assert len(everything) == 10
+
+
+async def test_a_reschedule_wakes_an_idle_replica(
+    db_url: str, db: Conn, broker: Broker, subscriber: Subscriber
+) -> None:
+    await db.execute(
+        "INSERT INTO jobs (topic, payload, fire_at) VALUES (%s, 'moved', now() + interval '1 day')",
+        (subscriber.topic("moved"),),
+    )
+    async with running(make_settings(db_url, broker.url, poll_interval=60)):
+        await eventually(lambda: _claimed_once(db), 10, "the replica to look once")
+        await db.execute("UPDATE jobs SET fire_at = now() + interval '300 ms'")
+        [message] = await asyncio.to_thread(subscriber.wait_for, 1, 10)
+    assert message.payload == b"moved"
+
+
+async def _claimed_once(db: Conn) -> bool:
+    # The replica has run its first claim when its pool connections exist.
+    cursor = await db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid()"
+    )
+    row = await cursor.fetchone()
+    return row is not None and row[0] >= 2
