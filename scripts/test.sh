@@ -53,7 +53,7 @@ fi
 say "virtualenv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,bench]'
 export PATH="$PWD/.venv/bin:$PATH"
 
 say "ruff";          ruff check src tests bench && ruff format --check src tests bench

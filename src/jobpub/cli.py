@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from jobpub import __version__, app, logs, migrations
 from jobpub.errors import DatabaseUnavailable
-from jobpub.settings import Settings, describe_errors
-from jobpub.store import migrate
+from jobpub.settings import Settings, SettingsFileError, describe_errors
+from jobpub.store import migrate, requeue
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -37,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         help="keep retrying an unreachable database this long (default 30)",
     )
     commands.add_parser("run", help="claim due jobs and publish them until SIGTERM")
+    requeue_parser = commands.add_parser(
+        "requeue", help="put dead jobs back in the queue (all of them, or the given ids)"
+    )
+    requeue_parser.add_argument("ids", nargs="*", type=int, metavar="ID")
+    requeue_parser.add_argument(
+        "--all", action="store_true", help="every dead job (required when no ids are given)"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -44,11 +51,31 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"jobpub: {describe_errors(exc)}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
+    except SettingsFileError as exc:
+        print(f"jobpub: invalid settings: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
     logs.configure(settings.log_format, settings.log_level)
 
     if args.command == "migrate":
         return asyncio.run(_migrate(settings, args.wait))
+    if args.command == "requeue":
+        if not args.ids and not args.all:
+            parser.error("requeue: give job ids, or --all for every dead job")
+        return asyncio.run(_requeue(settings, args.ids or None))
     return asyncio.run(app.run(settings))
+
+
+async def _requeue(settings: Settings, ids: list[int] | None) -> int:
+    try:
+        requeued = await requeue(settings.database_url.get_secret_value(), ids)
+    except DatabaseUnavailable as exc:
+        log.exception("requeue_failed", error=str(exc))
+        return EXIT_FAILED
+    log.info("requeued", count=len(requeued), ids=requeued[:100])
+    if ids and len(requeued) < len(ids):
+        missing = sorted(set(ids) - set(requeued))
+        log.warning("requeue_skipped", ids=missing[:100], reason="not dead, or no such job")
+    return EXIT_OK
 
 
 async def _migrate(settings: Settings, wait: float) -> int:

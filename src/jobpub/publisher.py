@@ -20,6 +20,10 @@ from jobpub.waiting import wait_for_event
 log = structlog.get_logger("jobpub.publisher")
 
 CONNECT_TIMEOUT = 10.0
+_NOT_CONNECTED = Outcome(Delivery.NOT_SENT, "broker_down", "not connected")
+_NOT_ALLOWED = Outcome(
+    Delivery.REJECTED, "topic_not_allowed", "topic is outside JOBPUB_TOPIC_PREFIXES"
+)
 
 
 class MqttPublisher:
@@ -33,6 +37,7 @@ class MqttPublisher:
         self._inflight = settings.mqtt_inflight
         self._ack_timeout = settings.mqtt_ack_timeout
         self._tls = _tls_context(settings) if self._endpoint.tls else None
+        self._topic_prefixes = settings.allowed_topic_prefixes
         self._metrics = metrics
         self._connection: MqttConnection | None = None
         self._connected = asyncio.Event()
@@ -45,12 +50,31 @@ class MqttPublisher:
         return await wait_for_event(self._connected, timeout)
 
     def publish(self, jobs: Sequence[Job]) -> asyncio.Future[list[Outcome]]:
+        """Publish `jobs`; the future gives each one's outcome, in order."""
+        if not self._topic_prefixes:
+            return self._send(jobs)
+        allowed = [job for job in jobs if job.topic.startswith(self._topic_prefixes)]
+        if len(allowed) == len(jobs):
+            return self._send(jobs)
+        merged: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+
+        def merge(sent: asyncio.Future[list[Outcome]]) -> None:
+            outcomes = iter(sent.result())
+            merged.set_result(
+                [
+                    next(outcomes) if job.topic.startswith(self._topic_prefixes) else _NOT_ALLOWED
+                    for job in jobs
+                ]
+            )
+
+        self._send(allowed).add_done_callback(merge)
+        return merged
+
+    def _send(self, jobs: Sequence[Job]) -> asyncio.Future[list[Outcome]]:
         connection = self._connection
         if connection is None:
             future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-            future.set_result(
-                [Outcome(Delivery.NOT_SENT, "broker_down", "not connected")] * len(jobs)
-            )
+            future.set_result([_NOT_CONNECTED] * len(jobs))
             return future
         return connection.publish(jobs)
 

@@ -103,3 +103,13 @@ APPLIED_MIGRATIONS: Final[LiteralString] = "SELECT version FROM jobpub_migration
 RECORD_MIGRATION: Final[LiteralString] = (
     "INSERT INTO jobpub_migrations (version, name) VALUES (%(version)s, %(name)s)"
 )
+
+# Put dead rows back in the queue (operator command). attempts restart from zero;
+# last_error stays as history. NOTIFY wakes the replicas at once.
+REQUEUE_DEAD: Final[LiteralString] = """
+UPDATE jobs SET failed_at = NULL, attempts = 0, next_attempt_at = NULL
+WHERE failed_at IS NOT NULL AND NOT processed
+  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+RETURNING id
+"""
+NOTIFY_REQUEUED: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"

@@ -5,9 +5,10 @@ Built at the entry point and passed down; nothing else reads the environment.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
@@ -17,7 +18,40 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class SettingsFileError(Exception):
+    """A JOBPUB_*_FILE variable names a file that cannot be read."""
+
+
+class _SecretFiles(PydanticBaseSettingsSource):
+    """`JOBPUB_<NAME>_FILE=/run/secrets/x`: the setting is that file's content.
+
+    For Docker and Kubernetes secrets; trailing newlines are dropped. A plain
+    `JOBPUB_<NAME>` wins when both are set.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in self.settings_cls.model_fields:
+            variable = f"JOBPUB_{name.upper()}_FILE"
+            path = os.environ.get(variable)
+            if not path:
+                continue
+            try:
+                values[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise SettingsFileError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
+        return values
 
 
 @dataclass(frozen=True)
@@ -110,7 +144,7 @@ class Settings(BaseSettings):
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
 
     batch_size: Annotated[int, Field(ge=1, le=50_000)] = 1000
-    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     poll_interval: PositiveSeconds = 5.0
     lookahead: Annotated[float, Field(ge=0, le=10)] = 0.25
     consumer_count: Annotated[int, Field(ge=1)] = 1
@@ -122,8 +156,27 @@ class Settings(BaseSettings):
     shutdown_timeout: PositiveSeconds = 10.0
     backlog_interval: PositiveSeconds = 15.0
 
+    # Comma-separated topic prefixes rows may publish to ("" allows every topic); a row
+    # outside them goes dead, so a producer cannot reach $SYS or another tenant's tree.
+    topic_prefixes: str = ""
+
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _SecretFiles(settings_cls), dotenv_settings)
+
+    @property
+    def allowed_topic_prefixes(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.topic_prefixes.split(",") if p.strip())
 
     @model_validator(mode="after")
     def _check_partition(self) -> Settings:

@@ -285,6 +285,17 @@ async def _discard(
     await pool.putconn(connection)
 
 
+async def requeue(url: str, ids: Sequence[int] | None) -> list[int]:
+    """Put dead rows (all, or those of `ids`) back in the queue; return their ids."""
+    with database_errors("requeueing"):
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            cursor = await conn.execute(queries.REQUEUE_DEAD, {"ids": list(ids) if ids else None})
+            requeued = [job_id for (job_id,) in await cursor.fetchall()]
+            await conn.execute(queries.NOTIFY_REQUEUED)
+            await conn.commit()
+    return requeued
+
+
 async def migrate(url: str, scripts: Sequence[tuple[int, str, str]]) -> list[int]:
     """Apply the scripts not yet applied, in order; return the versions applied now.
 

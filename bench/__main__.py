@@ -1,0 +1,134 @@
+"""`python -m bench all|drain|on-time|idle`: run the topology, print a table, write results.
+
+Results go to bench/results/<name>.json and .png (and a table on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import scenarios
+from bench.harness import ScenarioResult, bench_environment
+from bench.report import render_chart, render_table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("what", choices=["all", "drain", "on-time", "idle"])
+    parser.add_argument("--jobs", type=int, default=100_000, help="rows per drain run")
+    parser.add_argument("--baseline-jobs", type=int, default=20_000)
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per drain variant; the median is reported"
+    )
+    parser.add_argument("--name", default=None, help="results file name (default: what)")
+    parser.add_argument(
+        "--replicas", default="1,2,4", help="replica counts for the drain (default 1,2,4)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a jobpub setting for every replica, e.g. --set batch_size=500",
+    )
+    parser.add_argument(
+        "--database",
+        default=os.environ.get(
+            "JOBPUB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="an admin URL; the bench creates and drops its own database",
+    )
+    args = parser.parse_args()
+
+    settings = dict(item.split("=", 1) for item in args.set)
+    counts = [int(n) for n in args.replicas.split(",")]
+    runs = [(n, p) for n in counts for p in ((False,) if n == 1 else (False, True))]
+    results: list[ScenarioResult] = []
+    with bench_environment(args.database, settings) as bench:
+        if args.what in ("all", "drain"):
+            if args.baseline_jobs:
+                results.append(scenarios.baseline(bench, args.baseline_jobs))
+                results.append(scenarios.ceiling(bench, args.jobs))
+            for replicas, partitioned in runs:
+                attempts = [
+                    scenarios.drain(bench, args.jobs, replicas, partitioned=partitioned)
+                    for _ in range(args.repeat)
+                ]
+                results.append(median_run(attempts))
+                print(f"  {results[-1].name}: {results[-1].notes['runs_jobs_per_s']}",
+                      file=sys.stderr)  # fmt: skip
+        if args.what in ("all", "on-time"):
+            results.append(scenarios.on_time(bench, 10_000, spread=10.0, lead=3.0))
+        if args.what in ("all", "idle"):
+            results.append(scenarios.idle(bench, args.idle_seconds, probes=20))
+
+    name = args.name or args.what
+    RESULTS.mkdir(exist_ok=True)
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "settings": settings,
+        "machine": _machine(),
+        "results": [dataclasses.asdict(r) for r in results],
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = render_table(results)
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    render_chart(results, RESULTS / f"{name}.png")
+    print(table)
+    print(f"\nwritten: bench/results/{name}.json, .md, .png")
+    return 0
+
+
+def median_run(attempts: list[ScenarioResult]) -> ScenarioResult:
+    """The run with the median throughput, carrying every run's figures in its notes.
+
+    Losses, duplicates and early jobs are summed over all runs: one in any run counts.
+    """
+    ordered = sorted(attempts, key=lambda r: r.jobs_per_s)
+    chosen = ordered[len(ordered) // 2]
+    if chosen.delivery is not None:
+        for other in attempts:
+            if other is not chosen and other.delivery is not None:
+                chosen.delivery.lost += other.delivery.lost
+                chosen.delivery.duplicated += other.delivery.duplicated
+                chosen.delivery.early += other.delivery.early
+    chosen.notes["runs_jobs_per_s"] = [r.jobs_per_s for r in attempts]
+    return chosen
+
+
+def _machine() -> dict[str, str]:
+    def run(*command: str) -> str:
+        try:
+            return subprocess.run(command, capture_output=True, text=True, check=False,
+                                  timeout=10).stdout.strip().splitlines()[0]  # fmt: skip
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "unknown"
+
+    memory_kb = next(
+        (line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+         if line.startswith("MemTotal:")), "0",
+    )  # fmt: skip
+    return {
+        "cpus": str(os.cpu_count()),
+        "memory_gib": f"{int(memory_kb) / 1024 / 1024:.1f}",
+        "python": platform.python_version(),
+        "postgresql": run("psql", "--version"),
+        "mosquitto": run("mosquitto", "-h"),
+        "kernel": platform.release(),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
