@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
@@ -12,9 +12,10 @@ import structlog
 def configure(
     log_format: Literal["auto", "json", "console"],
     level: Literal["debug", "info", "warning", "error"],
+    stream: TextIO = sys.stderr,
 ) -> None:
     if log_format == "auto":
-        log_format = "console" if sys.stderr.isatty() else "json"
+        log_format = "console" if stream.isatty() else "json"
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer()
         if log_format == "console"
@@ -31,6 +32,8 @@ def configure(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # No caching: loggers are bound at import; a later configure() must still apply.
+        # One log line per batch makes the lookup cost nothing that matters.
+        cache_logger_on_first_use=False,
     )

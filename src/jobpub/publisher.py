@@ -81,17 +81,24 @@ class MqttPublisher:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect and stay connected until `stop`; then disconnect."""
         backoff = Backoff(initial=0.2, maximum=10.0)
+        last_error = ""
         while not stop.is_set():
             try:
                 connection = await self._connect()
             except (OSError, ConnectionError, ConnectRefused, TimeoutError) as exc:
                 delay = backoff.next()
-                log.warning(
-                    "broker_connect_failed", broker=str(self._endpoint), error=str(exc),
+                error = str(exc) or type(exc).__name__
+                # One line per distinct failure, not one per retry: a wrong password
+                # would otherwise fill the log every few seconds.
+                report = log.warning if error != last_error else log.debug
+                report(
+                    "broker_connect_failed", broker=str(self._endpoint), error=error,
                     retry_in_s=round(delay, 2),
                 )  # fmt: skip
+                last_error = error
                 await wait_for_event(stop, delay)
                 continue
+            last_error = ""
             backoff.reset()
             self._connection = connection
             self._connected.set()

@@ -1,0 +1,179 @@
+"""TLS, passwords, secrets from files, the topic allow-list, the daemon role, requeue."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import structlog
+
+from jobpub import logs
+from jobpub.cli import main
+from tests.support.broker import Broker, free_port, start_broker
+from tests.support.daemon import make_settings, running
+from tests.support.subscriber import Subscriber
+from tests.support.tls import make_certificates
+from tests.support.waiting import eventually
+
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+def secure_broker_config(directory: Path) -> str:
+    """A TLS-only listener requiring a client certificate and a password."""
+    certs = make_certificates(directory / "certs")
+    passwords = directory / "passwords"
+    passwords.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "device", "s3cret-pass"],
+                   check=True, capture_output=True)  # fmt: skip
+    passwords.chmod(0o644)
+    return "\n".join([
+        "allow_anonymous false",
+        f"password_file {passwords}",
+        f"cafile {certs.ca}",
+        f"certfile {certs.server_cert}",
+        f"keyfile {certs.server_key}",
+        "require_certificate true",
+    ])  # fmt: skip
+
+
+async def pending(db: Conn) -> int:
+    cursor = await db.execute("SELECT count(*) FROM jobs WHERE NOT processed AND failed_at IS NULL")
+    row = await cursor.fetchone()
+    return int(row[0]) if row else -1
+
+
+async def test_mqtts_with_client_certificate_and_password(
+    db_url: str, db: Conn, tmp_path: Path
+) -> None:
+    with start_broker(tmp_path / "broker", secure_broker_config(tmp_path)) as broker:
+        certs = tmp_path / "certs"
+        settings = make_settings(
+            db_url,
+            f"mqtts://device:s3cret-pass@127.0.0.1:{broker.port}",
+            mqtt_ca_file=certs / "ca.pem",
+            mqtt_cert_file=certs / "client.pem",
+            mqtt_key_file=certs / "client.key",
+        )
+        await db.execute("INSERT INTO jobs (topic, payload) VALUES ('secure/1', 'x')")
+        async with running(settings) as metrics:
+            await eventually(lambda: _none_pending(db), 15, "the job published over TLS")
+        assert "jobpub_broker_disconnects_total 0.0" in metrics.render().decode()
+
+
+async def _none_pending(db: Conn) -> bool:
+    return await pending(db) == 0
+
+
+@pytest.fixture
+def info_logs() -> Iterator[io.StringIO]:
+    """Logging as `jobpub run` sets it up (JSON, info level), into a buffer."""
+    buffer = io.StringIO()
+    logs.configure("json", "info", stream=buffer)
+    yield buffer
+    structlog.reset_defaults()
+
+
+async def test_wrong_mqtt_password_is_not_ready_and_does_not_crash(
+    db_url: str, db: Conn, tmp_path: Path, info_logs: io.StringIO
+) -> None:
+    with start_broker(tmp_path / "broker", secure_broker_config(tmp_path)) as broker:
+        certs = tmp_path / "certs"
+        port = free_port()
+        settings = make_settings(
+            db_url,
+            f"mqtts://device:wrong-pass@127.0.0.1:{broker.port}",
+            mqtt_ca_file=certs / "ca.pem",
+            mqtt_cert_file=certs / "client.pem",
+            mqtt_key_file=certs / "client.key",
+            http_port=port,
+        )
+        await db.execute("INSERT INTO jobs (topic, payload) VALUES ('secure/1', 'x')")
+        async with running(settings) as metrics:
+            await asyncio.sleep(1.5)  # several connect attempts' worth of backoff
+            assert "jobpub_broker_up 0.0" in metrics.render().decode()
+        assert await pending(db) == 1, "nothing is claimed without a broker"
+    text = info_logs.getvalue()
+    # Mosquitto says "not authorized" for a wrong password; said once, not per retry.
+    assert text.count("broker refused the connection: not authorized") == 1
+    assert "wrong-pass" not in text
+
+
+async def test_topic_allow_list_sends_other_rows_dead(
+    db_url: str, db: Conn, broker: Broker, subscriber: Subscriber
+) -> None:
+    allowed = subscriber.topic("tenant-a/")
+    await db.execute(
+        "INSERT INTO jobs (topic, payload) VALUES (%s, 'yes'), (%s, 'no'), ('$SYS/x', 'no')",
+        (allowed + "valve", subscriber.topic("tenant-b/valve")),
+    )
+    async with running(make_settings(db_url, broker.url, topic_prefixes=allowed)):
+        await asyncio.to_thread(subscriber.wait_for, 1, 10)
+        await eventually(lambda: _none_pending(db), 10, "every row settled")
+    cursor = await db.execute("SELECT payload, processed, last_error FROM jobs ORDER BY id")
+    rows = await cursor.fetchall()
+    assert rows[0] == ("yes", True, None)
+    assert [r[1:] for r in rows[1:]] == [(False, "topic is outside JOBPUB_TOPIC_PREFIXES")] * 2
+    assert [m.payload for m in subscriber.snapshot()] == [b"yes"]
+
+
+def test_secret_files_and_requeue_command(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO jobs (topic, payload, failed_at, attempts, last_error) VALUES "
+            "('a', 'x', now(), 5, 'gave up'), ('b', 'x', now(), 5, 'gave up'),"
+            " ('c', 'x', NULL, 0, NULL)"
+        )
+    url_file = tmp_path / "database_url"
+    url_file.write_text(db_url + "\n")
+    monkeypatch.delenv("JOBPUB_DATABASE_URL", raising=False)
+    monkeypatch.setenv("JOBPUB_DATABASE_URL_FILE", str(url_file))
+    monkeypatch.setenv("JOBPUB_LOG_FORMAT", "json")
+    assert main(["requeue", "1"]) == 0
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT id, failed_at IS NULL, attempts FROM jobs ORDER BY id"
+        ).fetchall()
+    assert rows == [(1, True, 0), (2, False, 5), (3, True, 0)]
+    assert main(["requeue", "--all"]) == 0
+    with psycopg.connect(db_url) as conn:
+        dead = conn.execute("SELECT count(*) FROM jobs WHERE failed_at IS NOT NULL").fetchone()
+    assert dead == (0,)
+    monkeypatch.setenv("JOBPUB_DATABASE_URL_FILE", str(tmp_path / "missing"))
+    assert main(["requeue", "--all"]) == 2
+
+
+async def test_daemon_runs_as_the_least_privileged_role(
+    db_url: str, db: Conn, broker: Broker, subscriber: Subscriber
+) -> None:
+    user = f"publisher_{uuid.uuid4().hex[:8]}"
+    await db.execute(f"CREATE ROLE {user} LOGIN IN ROLE jobpub_daemon")
+    try:
+        await db.execute(
+            "INSERT INTO jobs (topic, payload) VALUES (%s, 'as daemon')",
+            (subscriber.topic("role"),),
+        )
+        as_daemon = db_url.replace("postgres@", f"{user}@")
+        async with running(make_settings(as_daemon, broker.url)):
+            await asyncio.to_thread(subscriber.wait_for, 1, 10)
+            await eventually(lambda: _none_pending(db), 10, "the row marked")
+        async with await psycopg.AsyncConnection.connect(as_daemon, autocommit=True) as conn:
+            for statement in (
+                "INSERT INTO jobs (topic) VALUES ('x')",
+                "DELETE FROM jobs",
+                "UPDATE jobs SET topic = 'y'",
+                "SELECT * FROM jobpub_migrations",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    await conn.execute(statement)  # type: ignore[arg-type]
+    finally:
+        await db.execute(f"DROP OWNED BY {user}")
+        await db.execute(f"DROP ROLE {user}")
