@@ -173,7 +173,7 @@ async def test_daemon_runs_as_the_least_privileged_role(
                 "SELECT * FROM jobpub_migrations",
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    await conn.execute(statement)  # type: ignore[arg-type]
+                    await conn.execute(statement)
     finally:
         await db.execute(f"DROP OWNED BY {user}")
         await db.execute(f"DROP ROLE {user}")
