@@ -9,7 +9,7 @@ import time
 
 import structlog
 
-from jobpub.errors import DatabaseUnavailable
+from jobpub.errors import DatabaseError
 from jobpub.http import HttpServer, Response
 from jobpub.metrics import CONTENT_TYPE, Metrics
 from jobpub.publisher import MqttPublisher
@@ -118,7 +118,7 @@ async def _sample_backlog(
     while not stop.is_set():
         try:
             due, scheduled, dead = await store.sample_backlog()
-        except DatabaseUnavailable as exc:
+        except DatabaseError as exc:
             log.debug("backlog_sample_failed", error=str(exc))
         else:
             metrics.jobs_due.set(due)

@@ -11,7 +11,7 @@ import structlog
 from pydantic import ValidationError
 
 from jobpub import __version__, app, logs, migrations
-from jobpub.errors import DatabaseUnavailable
+from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.settings import Settings, SettingsFileError, describe_errors
 from jobpub.store import migrate, requeue
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 async def _requeue(settings: Settings, ids: list[int] | None) -> int:
     try:
         requeued = await requeue(settings.database_url.get_secret_value(), ids)
-    except DatabaseUnavailable as exc:
+    except DatabaseError as exc:
         log.exception("requeue_failed", error=str(exc))
         return EXIT_FAILED
     log.info("requeued", count=len(requeued), ids=requeued[:100])
@@ -90,5 +90,8 @@ async def _migrate(settings: Settings, wait: float) -> int:
             log.warning("migrate_waiting_for_database", error=str(exc))
             await asyncio.sleep(1.0)
             continue
+        except DatabaseError as exc:  # refused, not unreachable: waiting will not help
+            log.exception("migrate_failed", error=str(exc))
+            return EXIT_FAILED
         log.info("migrated", applied=applied, up_to_date=not applied)
         return EXIT_OK

@@ -5,7 +5,11 @@ class JobpubError(Exception):
     """Base class for jobpub's own errors."""
 
 
-class DatabaseUnavailable(JobpubError):
+class DatabaseError(JobpubError):
+    """A statement failed. Retried later: the daemon stays up, /readyz says not ready."""
+
+
+class DatabaseUnavailable(DatabaseError):
     """The database could not be reached or the connection broke: retry later."""
 
 

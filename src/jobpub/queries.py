@@ -17,10 +17,13 @@ from typing import Final, LiteralString
 # connection. Due is judged by the database clock; `lookahead` lets the replica hold
 # rows due very soon and publish each at its own time. Rows outside this replica's
 # partition are taken too once overdue by `takeover_delay`, so a dead partner's share
-# still fires. `due_in` is fire_at - now() in seconds.
+# still fires. `due_in` is fire_at - now() in seconds; an infinite fire_at left from
+# before the constraint (`-infinity` is due; `infinity` never is) counts as due now,
+# since PostgreSQL cannot subtract it.
 CLAIM_DUE_JOBS: Final[LiteralString] = """
 SELECT id, topic, payload::text, qos, retain,
-       extract(epoch FROM fire_at - now())::float8 AS due_in
+       CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
+            ELSE 0 END AS due_in
 FROM jobs
 WHERE NOT processed AND failed_at IS NULL
   AND fire_at <= now() + make_interval(secs => %(lookahead)s)
@@ -35,12 +38,13 @@ FOR UPDATE SKIP LOCKED
 
 # Seconds until this replica should look again: the earliest pending row beyond the
 # lookahead in its partition, or the end of the earliest retry backoff. Both halves
-# are index lookups. NULL when nothing is scheduled.
+# are index lookups. NULL when nothing is scheduled; an `infinity` fire_at never is.
 NEXT_WAKE: Final[LiteralString] = """
 SELECT extract(epoch FROM least(
     (SELECT min(fire_at) FROM jobs
      WHERE NOT processed AND failed_at IS NULL
        AND fire_at > now() + make_interval(secs => %(lookahead)s)
+       AND fire_at < 'infinity'
        AND (%(consumer_count)s::int = 1
             OR id %% %(consumer_count)s::int = %(consumer_index)s::int)),
     (SELECT min(next_attempt_at) FROM jobs

@@ -15,7 +15,7 @@ from typing import Protocol
 import structlog
 
 from jobpub.backoff import Backoff
-from jobpub.errors import DatabaseUnavailable
+from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.metrics import Metrics
 from jobpub.models import Delivery, Job, Outcome, Settled
 from jobpub.waiting import wait_for_any
@@ -111,12 +111,18 @@ class Relay:
             await slots.acquire()
             try:
                 batch = await self._source.claim()
-            except DatabaseUnavailable as exc:
+            except DatabaseError as exc:
+                # Unreachable, or the claim itself failed (a permission, a row the
+                # database cannot evaluate): stay up, not ready, and try again.
                 slots.release()
                 self._set_database_ok(ok=False)
                 delay = backoff.next()
-                if not database_was_down:
+                if database_was_down:
+                    pass
+                elif isinstance(exc, DatabaseUnavailable):
                     log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2))
+                else:
+                    log.error("claim_failed", error=str(exc), retry_in_s=round(delay, 2))
                 database_was_down = True
                 await wait_for_any((stop,), delay)
                 continue
@@ -167,7 +173,7 @@ class Relay:
                 raise
             try:
                 settled = await batch.settle(outcomes)
-            except DatabaseUnavailable as exc:
+            except DatabaseError as exc:
                 self._set_database_ok(ok=False)
                 # The broker has these messages; another replica will publish them again.
                 log.exception("batch_settle_failed", count=len(batch.jobs), error=str(exc))

@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from jobpub import queries
 from jobpub.backoff import Backoff
-from jobpub.errors import DatabaseUnavailable, SchemaMissing
+from jobpub.errors import DatabaseError, DatabaseUnavailable, SchemaMissing
 from jobpub.metrics import Metrics
 from jobpub.models import Delivery, Job, Outcome, Settled
 from jobpub.settings import Settings
@@ -51,6 +51,8 @@ class _Translate:
             ) from exc
         if isinstance(exc, _UNAVAILABLE):
             raise DatabaseUnavailable(f"{self._action}: {str(exc).strip()}") from exc
+        if isinstance(exc, psycopg.Error):
+            raise DatabaseError(f"{self._action}: {str(exc).strip()}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +252,7 @@ class PostgresStore:
         while not stop.is_set():
             try:
                 await self._listen_once(on_notify, stop, backoff)
-            except (*_UNAVAILABLE, OSError) as exc:
+            except (psycopg.Error, OSError) as exc:
                 delay = backoff.next()
                 log.warning("listen_failed", error=str(exc).strip(), retry_in_s=round(delay, 2))
                 await wait_for_event(stop, delay)

@@ -92,6 +92,33 @@ async def test_constraints_refuse_unpublishable_rows_at_insert(
         )
 
 
+@pytest.mark.parametrize("fire_at", ["infinity", "-infinity"])
+async def test_infinite_fire_at_is_refused_at_insert(db: Conn, fire_at: str) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_fire_at_finite"):
+        await db.execute("INSERT INTO jobs (topic, fire_at) VALUES ('t/x', %s)", (fire_at,))
+
+
+async def test_infinite_fire_at_left_from_before_the_constraint_does_not_break_claims(
+    db_url: str, db: Conn
+) -> None:
+    # An adopted table may hold such rows: the NOT VALID constraint does not re-check them.
+    await db.execute("ALTER TABLE jobs DROP CONSTRAINT jobs_fire_at_finite")
+    await db.execute(
+        "INSERT INTO jobs (topic, fire_at) VALUES ('t/never', 'infinity'), "
+        "('t/always', '-infinity'), ('t/later', now() + interval '1 hour')"
+    )
+    store = store_for(db_url, lookahead=0)
+    await store.open()
+    try:
+        batch = await store.claim()
+        assert [(job.topic, job.due_in) for job in batch.jobs] == [("t/always", 0)]
+        assert batch.next_wake_in is not None
+        assert 3590 < batch.next_wake_in <= 3600, "an `infinity` row is never the next wake"
+        await batch.release()
+    finally:
+        await store.close()
+
+
 async def test_null_topic_and_payload_are_refused(db: Conn) -> None:
     with pytest.raises(psycopg.errors.NotNullViolation):
         await db.execute("INSERT INTO jobs (topic, payload) VALUES (NULL, 'x')")

@@ -177,3 +177,34 @@ async def test_daemon_runs_as_the_least_privileged_role(
     finally:
         await db.execute(f"DROP OWNED BY {user}")
         await db.execute(f"DROP ROLE {user}")
+
+
+async def test_a_role_without_privileges_is_not_ready_then_recovers_when_granted(
+    db_url: str, db: Conn, broker: Broker, subscriber: Subscriber, info_logs: io.StringIO
+) -> None:
+    user = f"unprivileged_{uuid.uuid4().hex[:8]}"
+    await db.execute(f"CREATE ROLE {user} LOGIN")
+    try:
+        await db.execute(
+            "INSERT INTO jobs (topic, payload) VALUES (%s, 'after grant')",
+            (subscriber.topic("grant"),),
+        )
+        as_user = db_url.replace("postgres@", f"{user}@")
+        async with running(make_settings(as_user, broker.url)) as metrics:
+            await eventually(
+                lambda: _logged(info_logs, '"claim_failed"'), 10, "the failed claim logged"
+            )
+            await asyncio.sleep(1.0)  # several claim retries' worth of backoff
+            assert "jobpub_database_up 0.0" in metrics.render().decode()
+            await db.execute(f"GRANT jobpub_daemon TO {user}")
+            await asyncio.to_thread(subscriber.wait_for, 1, 20)
+        text = info_logs.getvalue()
+        assert text.count('"claim_failed"') == 1, "said once, not per retry"
+        assert "permission denied" in text
+    finally:
+        await db.execute(f"DROP OWNED BY {user}")
+        await db.execute(f"DROP ROLE {user}")
+
+
+async def _logged(buffer: io.StringIO, text: str) -> bool:
+    return text in buffer.getvalue()
