@@ -64,7 +64,7 @@ class Delivery:
 
 @dataclass
 class ReplicaUsage:
-    peak_rss_mb: float
+    peak_rss_mib: float
     cpu_percent: float
 
 

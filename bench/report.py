@@ -12,14 +12,14 @@ import matplotlib.pyplot as plt
 from bench.harness import ScenarioResult
 
 COLUMNS = ("scenario", "replicas", "jobs", "jobs/s", "lost", "dup", "early", "lag p50 ms",
-           "p95", "p99", "max", "peak RSS MB", "CPU %")  # fmt: skip
+           "p95", "p99", "max", "peak RSS MiB", "CPU %")  # fmt: skip
 
 
 def render_table(results: list[ScenarioResult]) -> str:
     rows = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in results:
         d = r.delivery
-        rss = "/".join(f"{u.peak_rss_mb:.0f}" for u in r.usage) or "-"
+        rss = "/".join(f"{u.peak_rss_mib:.0f}" for u in r.usage) or "-"
         cpu = "/".join(f"{u.cpu_percent:.1f}" for u in r.usage) or "-"
         cells = [r.name, str(r.replicas or "-"), f"{r.jobs:,}",
                  f"{r.jobs_per_s:,}" if r.jobs_per_s else "-"]  # fmt: skip
