@@ -1,4 +1,4 @@
-"""`python -m bench all|drain|on-time|idle`: run the topology, print a table, write results.
+"""`python -m bench all|drain|on-time|idle|clients`: run the topology, print a table, write results.
 
 Results go to bench/results/<name>.json and .png (and a table on stdout).
 """
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import scenarios
+from bench import clients, scenarios
 from bench.harness import ScenarioResult, bench_environment
 from bench.report import render_chart, render_table
 
@@ -24,7 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("what", choices=["all", "drain", "on-time", "idle"])
+    parser.add_argument("what", choices=["all", "drain", "on-time", "idle", "clients"])
     parser.add_argument("--jobs", type=int, default=100_000, help="rows per drain run")
     parser.add_argument("--baseline-jobs", type=int, default=20_000)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
@@ -72,6 +72,8 @@ def main() -> int:
             results.append(scenarios.on_time(bench, 10_000, spread=10.0, lead=3.0))
         if args.what in ("all", "idle"):
             results.append(scenarios.idle(bench, args.idle_seconds, probes=20))
+        if args.what in ("all", "clients"):
+            results.extend(clients.compare(bench.broker.port, 50_000, args.repeat))
 
     name = args.name or args.what
     RESULTS.mkdir(exist_ok=True)
