@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import random
 
+# The longest wait between reconnect attempts. A replica is ready again at most this
+# long after its broker or database returns; an attempt every 2 s costs them nothing.
+RECONNECT_MAX_S = 2.0
+
 
 class Backoff:
     def __init__(self, initial: float, maximum: float) -> None:

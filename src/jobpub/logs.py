@@ -37,3 +37,18 @@ def configure(
         # One log line per batch makes the lookup cost nothing that matters.
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    if not any(isinstance(handler, _LibraryLogs) for handler in root.handlers):
+        root.addHandler(_LibraryLogs(logging.WARNING))
+    # The pool warns on every failed connection attempt; jobpub says why once instead
+    # (`database_unavailable`, with the server's reason).
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+
+class _LibraryLogs(logging.Handler):
+    """Libraries' warnings (psycopg's pool, say) as our log lines, not bare stderr text."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger(record.name).log(
+            record.levelno, "library_warning", logger=record.name, message=record.getMessage()
+        )

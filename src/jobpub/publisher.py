@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from jobpub.backoff import Backoff
+from jobpub.backoff import RECONNECT_MAX_S, Backoff
 from jobpub.metrics import Metrics
 from jobpub.models import Delivery, Job, Outcome
 from jobpub.mqtt import PROTOCOL_V5, PROTOCOL_V311, ConnectRefused, MqttConnection, encode_connect
@@ -80,7 +80,7 @@ class MqttPublisher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect and stay connected until `stop`; then disconnect."""
-        backoff = Backoff(initial=0.2, maximum=10.0)
+        backoff = Backoff(initial=0.2, maximum=RECONNECT_MAX_S)
         last_error = ""
         while not stop.is_set():
             try:

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import structlog
 
-from jobpub.backoff import Backoff
+from jobpub.backoff import RECONNECT_MAX_S, Backoff
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.metrics import Metrics
 from jobpub.models import Delivery, Job, Outcome, Settled
@@ -99,7 +99,7 @@ class Relay:
         deliveries: set[asyncio.Task[None]],
     ) -> None:
         config = self._config
-        backoff = Backoff(initial=0.2, maximum=10.0)
+        backoff = Backoff(initial=0.2, maximum=RECONNECT_MAX_S)
         numbers = itertools.count(1)
         database_was_down = False
         while not stop.is_set():
@@ -122,7 +122,7 @@ class Relay:
                 elif isinstance(exc, DatabaseUnavailable):
                     log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2))
                 else:
-                    log.error("claim_failed", error=str(exc), retry_in_s=round(delay, 2))
+                    log.exception("claim_failed", error=str(exc), retry_in_s=round(delay, 2))
                 database_was_down = True
                 await wait_for_any((stop,), delay)
                 continue

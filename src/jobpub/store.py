@@ -15,7 +15,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from jobpub import queries
-from jobpub.backoff import Backoff
+from jobpub.backoff import RECONNECT_MAX_S, Backoff
 from jobpub.errors import DatabaseError, DatabaseUnavailable, SchemaMissing
 from jobpub.metrics import Metrics
 from jobpub.models import Delivery, Job, Outcome, Settled
@@ -184,6 +184,7 @@ class PostgresStore:
             consumer_index=settings.consumer_index,
             takeover_delay=settings.takeover_delay,
         )
+        self._listen_error = ""  # the last listen failure logged
         self._retry = RetryPolicy(
             settings.max_attempts, settings.retry_backoff, settings.retry_backoff_max
         )
@@ -207,7 +208,10 @@ class PostgresStore:
         """Claim due rows in a new transaction; the caller settles or releases the batch."""
         started = time.monotonic()
         with database_errors("claiming jobs"):
-            connection = await self._pool.getconn()
+            try:
+                connection = await self._pool.getconn()
+            except PoolTimeout as exc:
+                raise PoolTimeout(f"{exc}; {await self._connect_error()}") from exc
             try:
                 async with connection.cursor() as cursor:
                     await cursor.execute(queries.CLAIM_DUE_JOBS, self._claim.params())
@@ -232,6 +236,15 @@ class PostgresStore:
             retry=self._retry,
         )
 
+    async def _connect_error(self) -> str:
+        """Why the pool has no connection: its own attempts log nothing we can show."""
+        try:
+            probe = await psycopg.AsyncConnection.connect(self._url, connect_timeout=5)
+        except psycopg.Error as exc:
+            return str(exc).strip()
+        await probe.close()
+        return "a new connection succeeds now"
+
     async def sample_backlog(self) -> tuple[int, int, int]:
         with database_errors("counting the backlog"):
             async with self._pool.connection() as connection:
@@ -248,13 +261,16 @@ class PostgresStore:
         transaction pooling passes no LISTEN). After every (re)connect `on_notify(None)`
         is called, since notifications sent while disconnected are lost.
         """
-        backoff = Backoff(initial=0.5, maximum=10.0)
+        backoff = Backoff(initial=0.5, maximum=RECONNECT_MAX_S)
         while not stop.is_set():
             try:
                 await self._listen_once(on_notify, stop, backoff)
             except (psycopg.Error, OSError) as exc:
                 delay = backoff.next()
-                log.warning("listen_failed", error=str(exc).strip(), retry_in_s=round(delay, 2))
+                error = str(exc).strip()
+                if error != self._listen_error:  # once per distinct error, not per retry
+                    log.warning("listen_failed", error=error, retry_in_s=round(delay, 2))
+                    self._listen_error = error
                 await wait_for_event(stop, delay)
 
     async def _listen_once(
@@ -263,6 +279,7 @@ class PostgresStore:
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
             await conn.execute(queries.LISTEN)
             backoff.reset()
+            self._listen_error = ""
             on_notify(None)
             while not stop.is_set():
                 # Short generator runs so `stop` is seen; notifies() keeps none between runs
