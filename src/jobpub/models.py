@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A claimed row. `due_in` is `fire_at - now()` in seconds on the database clock."""
+    """A claimed row. `due_in` is `fire_at - now()` in seconds on the database clock.
+
+    `version` is the row version claimed (its xmin): changed means updated since.
+    """
 
     id: int
     topic: str
@@ -16,6 +19,7 @@ class Job:
     qos: int
     retain: bool
     due_in: float
+    version: str = ""
 
 
 class Delivery(enum.Enum):

@@ -20,6 +20,7 @@ from jobpub.waiting import wait_for_event
 log = structlog.get_logger("jobpub.publisher")
 
 CONNECT_TIMEOUT = 10.0
+DISCONNECT_TIMEOUT = 2.0
 _NOT_CONNECTED = Outcome(Delivery.NOT_SENT, "broker_down", "not connected")
 _NOT_ALLOWED = Outcome(
     Delivery.REJECTED, "topic_not_allowed", "topic is outside JOBPUB_TOPIC_PREFIXES"
@@ -112,7 +113,13 @@ class MqttPublisher:
             self._metrics.broker_up.set(0)
             if stop.is_set():
                 connection.disconnect()
-                await connection.closed
+                try:
+                    # A peer that stops reading would hold a graceful close (and the exit)
+                    # forever: give it a moment, then cut.
+                    async with asyncio.timeout(DISCONNECT_TIMEOUT):
+                        await connection.closed
+                except TimeoutError:
+                    connection.abort("disconnect timed out")
                 log.info("broker_disconnected", broker=str(self._endpoint))
                 return
             self._metrics.broker_disconnects.inc()

@@ -23,7 +23,8 @@ from typing import Final, LiteralString
 CLAIM_DUE_JOBS: Final[LiteralString] = """
 SELECT id, topic, payload::text, qos, retain,
        CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
-            ELSE 0 END AS due_in
+            ELSE 0 END AS due_in,
+       xmin::text AS version
 FROM jobs
 WHERE NOT processed AND failed_at IS NULL
   AND fire_at <= now() + make_interval(secs => %(lookahead)s)
@@ -57,6 +58,22 @@ SELECT extract(epoch FROM least(
 MARK_PUBLISHED: Final[LiteralString] = """
 UPDATE jobs SET processed = true, processed_at = clock_timestamp()
 WHERE id = ANY(%(ids)s::bigint[])
+"""
+
+# The claiming transaction died (its connection was lost) after the broker acked these
+# rows: mark them on a new connection so they are not published again. Skip a row
+# another replica holds now (it will publish it again anyway) or that changed since the
+# claim (a new xmin: rescheduled, or already marked by someone else).
+MARK_PUBLISHED_AFTER_LOSS: Final[LiteralString] = """
+UPDATE jobs SET processed = true, processed_at = clock_timestamp()
+WHERE id IN (
+    SELECT jobs.id
+    FROM jobs
+    JOIN unnest(%(ids)s::bigint[], %(versions)s::text[]) AS claimed(id, version)
+      ON jobs.id = claimed.id AND jobs.xmin::text = claimed.version
+    WHERE NOT jobs.processed AND jobs.failed_at IS NULL
+    FOR UPDATE OF jobs SKIP LOCKED
+)
 """
 
 # Rows that can never be published: dead at once, with the reason.

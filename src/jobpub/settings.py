@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     batch_size: Annotated[int, Field(ge=1, le=50_000)] = 1000
     concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     poll_interval: PositiveSeconds = 5.0
-    lookahead: Annotated[float, Field(ge=0, le=10)] = 0.25
+    lookahead: Annotated[float, Field(ge=0, le=10)] = 0.05
     consumer_count: Annotated[int, Field(ge=1)] = 1
     consumer_index: Annotated[int, Field(ge=0)] = 0
     takeover_delay: PositiveSeconds = 30.0

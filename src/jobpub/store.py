@@ -24,6 +24,10 @@ from jobpub.waiting import wait_for_event
 
 log = structlog.get_logger("jobpub.store")
 
+# How long a replica keeps trying to mark rows whose commit was lost; beyond that other
+# replicas have long since claimed them again.
+MARK_AFTER_LOSS_WITHIN = 5.0
+
 # Errors that mean "the database is not there right now", as opposed to a bug.
 _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, pg_errors.AdminShutdown)
 _SCHEMA = (pg_errors.UndefinedTable, pg_errors.UndefinedColumn, pg_errors.UndefinedFunction)
@@ -87,6 +91,7 @@ class ClaimedBatch:
         self,
         *,
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+        url: str,
         connection: psycopg.AsyncConnection[Any],
         jobs: list[Job],
         claimed_at: float,
@@ -94,6 +99,7 @@ class ClaimedBatch:
         retry: RetryPolicy,
     ) -> None:
         self._pool = pool
+        self._url = url  # for a connection of its own when the pool's are gone
         self._connection: psycopg.AsyncConnection[Any] | None = connection
         self.jobs = jobs
         self.claimed_at = claimed_at  # time.monotonic() when the rows arrived
@@ -143,14 +149,46 @@ class ClaimedBatch:
                         )
                         dead += sum(1 for (is_dead,) in await cursor.fetchall() if is_dead)
                 await connection.commit()
+        except DatabaseUnavailable as exc:
+            if not published or isinstance(exc, SchemaMissing):
+                raise
+            lost = exc
+        else:
+            return Settled(
+                published=len(published),
+                dead=dead,
+                retrying=len(retry_ids) - (dead - len(dead_ids)),
+                released=released,
+            )
         finally:
             await self._pool.putconn(connection)
-        return Settled(
-            published=len(published),
-            dead=dead,
-            retrying=len(retry_ids) - (dead - len(dead_ids)),
-            released=released,
-        )
+        marked = await self._mark_after_loss(published)
+        log.warning("batch_commit_lost", error=str(lost), published=len(published),
+                    marked_again=marked)  # fmt: skip
+        return Settled(published=marked, dead=0, retrying=0, released=len(self.jobs) - marked)
+
+    async def _mark_after_loss(self, published: list[int]) -> int:
+        """The transaction died with rows the broker has: mark them on a new connection,
+        before another replica claims them, so they are not published twice.
+
+        A connection of its own, not the pool's: when the server dropped one connection
+        it has usually dropped them all. Tried for a few seconds (a restarting server).
+        """
+        versions = {job.id: job.version for job in self.jobs}
+        params = {"ids": published, "versions": [versions[i] for i in published]}
+        deadline = time.monotonic() + MARK_AFTER_LOSS_WITHIN
+        with database_errors("marking a batch again after its connection was lost"):
+            while True:
+                try:
+                    async with await psycopg.AsyncConnection.connect(
+                        self._url, autocommit=True, connect_timeout=2
+                    ) as connection:
+                        cursor = await connection.execute(queries.MARK_PUBLISHED_AFTER_LOSS, params)
+                        return cursor.rowcount
+                except psycopg.OperationalError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
 
     async def release(self) -> None:
         """Give every row back untouched (roll back)."""
@@ -229,6 +267,7 @@ class PostgresStore:
         jobs = [Job(*row) for row in rows]
         return ClaimedBatch(
             pool=self._pool,
+            url=self._url,
             connection=connection,
             jobs=jobs,
             claimed_at=claimed_at,

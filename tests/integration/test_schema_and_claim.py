@@ -220,6 +220,32 @@ async def test_settle_marks_published_dead_and_retrying_rows(db_url: str, db: Co
         await store.close()
 
 
+async def test_rows_published_before_a_lost_commit_are_marked_on_a_new_connection(
+    db_url: str, db: Conn
+) -> None:
+    await insert_due(db, 5)
+    store = store_for(db_url)
+    await store.open()
+    try:
+        batch = await store.claim()
+        ids = [job.id for job in batch.jobs]
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND state = 'idle in transaction'"
+        )
+        # Meanwhile a producer reschedules one row and another replica claims another.
+        await db.execute("UPDATE jobs SET fire_at = now() + interval '1h' WHERE id = %s", (ids[0],))
+        async with await psycopg.AsyncConnection.connect(db_url) as other_replica:
+            await other_replica.execute("SELECT FROM jobs WHERE id = %s FOR UPDATE", (ids[1],))
+            outcomes = [PUBLISHED] * 4 + [Outcome(Delivery.NOT_SENT, "connection_lost", "gone")]
+            settled = await batch.settle(outcomes)
+        assert (settled.published, settled.released) == (2, 3)
+        cursor = await db.execute("SELECT id FROM jobs WHERE processed ORDER BY id")
+        assert [row[0] for row in await cursor.fetchall()] == ids[2:4]
+    finally:
+        await store.close()
+
+
 async def test_partition_takes_own_rows_and_overdue_rows_of_others(db_url: str, db: Conn) -> None:
     await insert_due(db, 10, offset="-1 s")
     await insert_due(db, 10, topic="old", offset="-1 hour")
