@@ -48,6 +48,12 @@ class MqttPublisher:
         return self._connection is not None and self._connection.is_open
 
     async def wait_connected(self, timeout: float) -> bool:
+        """Until connected, or `timeout`. Never returns False without yielding: the claim
+        loop calls it in a loop, and must not starve `run`, which notices the loss."""
+        if self._connected.is_set() and not self.connected:
+            # The connection dropped a moment ago and `run` has not seen it yet.
+            await asyncio.sleep(min(timeout, 0.01))
+            return self.connected
         return await wait_for_event(self._connected, timeout)
 
     def publish(self, jobs: Sequence[Job]) -> asyncio.Future[list[Outcome]]:

@@ -127,6 +127,28 @@ async def test_publisher_reconnects_after_the_broker_restarts(own_broker: Broker
         await asyncio.wait_for(task, 10)
 
 
+async def test_waiting_for_the_broker_right_after_a_loss_does_not_say_connected(
+    own_broker: Broker,
+) -> None:
+    # Right after a loss, before `run` has seen it, the connected event is still set.
+    # wait_connected used to return True at once there without yielding, and the claim
+    # loop (if not connected: wait, continue) spun forever and starved `run` (found by
+    # bench chaos: replicas at 100% CPU, deaf to SIGTERM).
+    publisher = MqttPublisher(make_settings("postgresql://unused/x", own_broker.url), Metrics())
+    stop = asyncio.Event()
+    task = asyncio.create_task(publisher.run(stop), name="publisher-under-test")
+    try:
+        assert await publisher.wait_connected(10)
+        own_broker.stop(hard=True)
+        while publisher.connected:  # noqa: ASYNC110 - must see the loss before `run` does
+            await asyncio.sleep(0)
+        assert not await publisher.wait_connected(timeout=0.05)
+        assert not await publisher.wait_connected(timeout=0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
 async def test_retain_flag_is_honoured(broker: Broker, connection: MqttConnection) -> None:
     topic = f"retained/{id(connection)}"
     assert await connection.publish([job(1, topic, "kept", retain=True)]) == [PUBLISHED]
