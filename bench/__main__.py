@@ -1,6 +1,7 @@
-"""`python -m bench all|drain|on-time|idle|clients`: run the topology, print a table, write results.
+"""`python -m bench all|drain|on-time|idle|clients|chaos`: run, print a table, write results.
 
-Results go to bench/results/<name>.json and .png (and a table on stdout).
+Results go to bench/results/<name>.json and .png (and a table on stdout). `all` runs
+everything but `chaos`, which restarts the machine's PostgreSQL.
 """
 
 from __future__ import annotations
@@ -15,21 +16,24 @@ import sys
 import time
 from pathlib import Path
 
-from bench import clients, scenarios
+from bench import chaos, clients, scenarios
 from bench.harness import ScenarioResult, bench_environment
-from bench.report import render_chart, render_table
+from bench.report import render_chaos_chart, render_chart, render_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("what", choices=["all", "drain", "on-time", "idle", "clients"])
+    parser.add_argument("what", choices=["all", "drain", "on-time", "idle", "clients", "chaos"])
     parser.add_argument("--jobs", type=int, default=100_000, help="rows per drain run")
     parser.add_argument("--baseline-jobs", type=int, default=20_000)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per drain variant; the median is reported"
+    )
+    parser.add_argument(
+        "--only", default=None, help="chaos: comma-separated scenarios (default: all of them)"
     )
     parser.add_argument("--name", default=None, help="results file name (default: what)")
     parser.add_argument(
@@ -74,6 +78,9 @@ def main() -> int:
             results.append(scenarios.idle(bench, args.idle_seconds, probes=20))
         if args.what in ("all", "clients"):
             results.extend(clients.compare(bench.broker.port, 50_000, args.repeat))
+        if args.what == "chaos":
+            only = set(args.only.split(",")) if args.only else None
+            results.extend(chaos.all_scenarios(bench, only))
 
     name = args.name or args.what
     RESULTS.mkdir(exist_ok=True)
@@ -87,7 +94,7 @@ def main() -> int:
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     table = render_table(results)
     (RESULTS / f"{name}.md").write_text(table + "\n")
-    render_chart(results, RESULTS / f"{name}.png")
+    (render_chaos_chart if args.what == "chaos" else render_chart)(results, RESULTS / f"{name}.png")
     print(table)
     print(f"\nwritten: bench/results/{name}.json, .md, .png")
     return 0

@@ -82,14 +82,17 @@ class ScenarioResult:
 class VerifyingSubscriber:
     """`mosquitto_sub` at QoS 1 on `<prefix>/#`, one line per message: arrival, topic."""
 
-    def __init__(self, port: int, prefix: str, directory: Path) -> None:
+    def __init__(self, port: int, prefix: str, directory: Path, *, persistent: bool = False
+                 ) -> None:  # fmt: skip
         self.prefix = prefix
         self.path = directory / f"{prefix.replace('/', '_')}.received"
         self._out = self.path.open("wb")
         binary = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
+        # persistent: a session the broker keeps across its restarts, with what is queued
+        session = ["-c", "-i", f"verifier-{prefix.replace('/', '-')}"] if persistent else []
         self._process = subprocess.Popen(
             ["stdbuf", "-oL", binary, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5",
-             "-q", "1", "-t", f"{prefix}/#", "-F", "%U %t"],
+             "-q", "1", "-t", f"{prefix}/#", "-F", "%U %t", *session],
             stdout=self._out,
         )  # fmt: skip
         time.sleep(0.3)  # mosquitto_sub has no "subscribed" signal; the broker is local
@@ -160,6 +163,7 @@ class ReplicaProcess:
 
     def __init__(self, python: str, env: dict[str, str], log_path: Path, http_port: int) -> None:
         self.http_port = http_port
+        self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [python, "-m", "jobpub", "run"], env=env, stdout=self._log,
@@ -204,7 +208,16 @@ class ReplicaProcess:
                 peak_kb = int(line.split()[1])
         return ReplicaUsage(round(peak_kb / 1024, 1), round(100 * cpu / wall, 2))
 
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a lost node would."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self._log.close()
+
     def stop(self) -> int:
+        if self.process.poll() is not None:
+            self._log.close()
+            return self.process.returncode
         self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout=30)
@@ -286,23 +299,23 @@ class Bench:
                  ) -> Iterator[list[ReplicaProcess]]:  # fmt: skip
         started = []
         for index in range(count):
-            port = free_port()
-            extra = dict(overrides, http_port=str(port))
+            extra = dict(overrides)
             if partitioned:
                 extra.update(consumer_count=str(count), consumer_index=str(index))
-            log = self.work / f"replica-{time.monotonic_ns()}.log"
-            started.append(ReplicaProcess(self.python, self.env(**extra), log, port))
+            started.append(self.spawn(free_port(), **extra))
         try:
-            deadline = time.monotonic() + 30
-            while not all(r.ready() for r in started):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"replicas not ready; see {self.work}")
-                time.sleep(0.05)
+            wait_ready(started, timeout=30)
             yield started
         finally:
             codes = [r.stop() for r in started]
             if any(codes):
                 print(f"warning: replica exit codes {codes}", file=sys.stderr)
+
+    def spawn(self, http_port: int, **overrides: str) -> ReplicaProcess:
+        """Start one `jobpub run` serving its HTTP endpoints on `http_port`."""
+        log = self.work / f"replica-{time.monotonic_ns()}.log"
+        env = self.env(**overrides, http_port=str(http_port))
+        return ReplicaProcess(self.python, env, log, http_port)
 
     def wait_drained(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -310,6 +323,16 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.pending()} jobs still pending after {timeout}s")
             time.sleep(0.05)
+
+
+def wait_ready(replicas: list[ReplicaProcess], timeout: float) -> float:
+    """Until every replica's /readyz says ready; returns the seconds it took."""
+    started = time.monotonic()
+    while not all(r.ready() for r in replicas):
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"replicas not ready after {timeout}s")
+        time.sleep(0.02)
+    return time.monotonic() - started
 
 
 def _timestamp(epoch: float) -> str:

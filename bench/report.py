@@ -63,3 +63,26 @@ def render_chart(results: list[ScenarioResult], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def render_chaos_chart(results: list[ScenarioResult], path: Path) -> None:
+    """Duplicates per fault and recovery time per chaos scenario, against the targets."""
+    faults = [r for r in results if "faults" in r.notes]
+    names = [r.name.removeprefix("chaos-") for r in faults]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.barh(names, [r.notes["duplicates_per_fault"] for r in faults], color="#4878a8")
+    left.axvline(100, color="#c44e52", linestyle="--", linewidth=1, label="target ≤ 100")
+    left.set_xlabel("duplicates per fault event")
+    left.set_title("Duplicates (0 lost in every scenario)" if all(
+        r.delivery and r.delivery.lost == 0 for r in faults) else "Duplicates")  # fmt: skip
+    left.invert_yaxis()
+    left.legend()
+    right.barh(names, [max(r.notes["recovery_s"]) for r in faults], color="#6a9f58")
+    right.axvline(5, color="#c44e52", linestyle="--", linewidth=1, label="target ≤ 5 s")
+    right.set_xlabel("seconds until all replicas ready and marking again (worst event)")
+    right.set_title("Recovery after the fault ends")
+    right.invert_yaxis()
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

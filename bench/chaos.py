@@ -1,0 +1,295 @@
+"""Chaos: replicas drain a stream of jobs while replicas, the broker and PostgreSQL fail.
+
+Every scenario loads 60,000 rows due evenly over 10 s, runs 4 unpartitioned replicas
+(as `docker compose up --scale publisher=4` would), injects its fault a few seconds in,
+and checks with a persistent `mosquitto_sub` session what arrived. Recovery is the time
+from the fault's end until every replica is ready and rows are being marked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+from tests.support.broker import free_port
+from tests.support.proxy import Proxy
+
+from bench.harness import (
+    Bench,
+    ReplicaProcess,
+    ScenarioResult,
+    VerifyingSubscriber,
+    check_delivery,
+    wait_ready,
+)
+
+JOBS = 60_000
+SPREAD = 10.0  # seconds over which the rows fall due
+LEAD = 1.0  # the first row is due this long after the load
+REPLICAS = 4
+FAULT_AT = 3.0  # seconds into the stream
+READY_TIMEOUT = 60.0
+
+
+class Fleet:
+    """Replicas at fixed HTTP ports, so one can be killed and started again in its place."""
+
+    def __init__(self, bench: Bench, count: int, **overrides: str) -> None:
+        self._bench = bench
+        self._overrides = overrides
+        self.replicas = [bench.spawn(free_port(), **overrides) for _ in range(count)]
+
+    def restart(self, index: int) -> ReplicaProcess:
+        """SIGKILL replica `index` and start a new one, as a restart policy would."""
+        old = self.replicas[index]
+        old.kill()
+        self.replicas[index] = self._bench.spawn(old.http_port, **self._overrides)
+        return self.replicas[index]
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            replica.stop()
+
+
+Fault = Callable[[Bench, Fleet], list[float]]  # injects, returns recovery seconds per event
+
+
+def replica_kills(bench: Bench, fleet: Fleet) -> list[float]:
+    """A random replica SIGKILLed every 1-2 s and started again, 6 times."""
+    recoveries = []
+    for _ in range(6):
+        time.sleep(random.uniform(1.0, 2.0))
+        replacement = fleet.restart(random.randrange(len(fleet.replicas)))
+        recoveries.append(round(wait_ready([replacement], READY_TIMEOUT), 2))
+    return recoveries
+
+
+def broker_restart(*, hard: bool) -> Fault:
+    """Graceful: SIGTERM, Mosquitto saves its state. Hard: SIGKILL, it saves nothing."""
+
+    def fault(bench: Bench, fleet: Fleet) -> list[float]:
+        if hard and bench.broker.process is not None:
+            # Save the state once before the kill (SIGUSR1), as its periodic autosave
+            # would have: else the verifier's session is gone and the broker rightly
+            # drops what arrives before it subscribes again, which is not a loss to
+            # count against jobpub. What the broker acked after the save is at risk.
+            bench.broker.process.send_signal(signal.SIGUSR1)
+            time.sleep(0.2)
+        bench.broker.stop(hard=hard)
+        bench.broker.start()
+        return [_recovery(bench, fleet)]
+
+    return fault
+
+
+def terminate_connections(bench: Bench, fleet: Fleet) -> list[float]:
+    """pg_terminate_backend on every connection to the bench database but ours."""
+    with psycopg.connect(bench.db_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    return [_recovery(bench, fleet)]
+
+
+def postgres_restart(command: list[str]) -> Fault:
+    def fault(bench: Bench, fleet: Fleet) -> list[float]:
+        subprocess.run(command, check=True, capture_output=True)
+        return [_recovery(bench, fleet)]
+
+    return fault
+
+
+def broker_refuses(proxy: _ThreadedProxy, seconds: float) -> Fault:
+    """Replicas reach the broker through `proxy`: cut, refuse connections, restore."""
+
+    def fault(bench: Bench, fleet: Fleet) -> list[float]:
+        proxy.cut()
+        time.sleep(seconds)
+        proxy.open()
+        return [_recovery(bench, fleet)]
+
+    return fault
+
+
+def _recovery(bench: Bench, fleet: Fleet) -> float:
+    """Seconds until every replica is ready and a row is marked after this moment."""
+    started = time.monotonic()
+    since = time.time()
+    wait_ready(fleet.replicas, READY_TIMEOUT)
+    deadline = started + READY_TIMEOUT
+    while _last_processed_at(bench) < since:
+        if time.monotonic() > deadline:
+            raise RuntimeError("no row marked after the fault")
+        time.sleep(0.02)
+    return round(time.monotonic() - started, 2)
+
+
+def _last_processed_at(bench: Bench) -> float:
+    try:
+        return bench.last_processed_at()
+    except psycopg.OperationalError:
+        return float("-inf")  # the database is still coming back
+
+
+def run(bench: Bench, name: str, fault: Fault, **overrides: str) -> ScenarioResult:
+    prefix = f"bench/chaos-{name}"
+    bench.reset()
+    subscriber = VerifyingSubscriber(bench.broker.port, prefix, bench.work, persistent=True)
+    fleet = Fleet(bench, REPLICAS, **overrides)
+    try:
+        wait_ready(fleet.replicas, READY_TIMEOUT)
+        start = time.time() + LEAD
+        fire_at = {i: start + (i - 1) * SPREAD / JOBS for i in range(1, JOBS + 1)}
+        bench.load(prefix, fire_at)
+        time.sleep(max(0.0, start + FAULT_AT - time.time()))
+        recoveries = fault(bench, fleet)
+        bench.wait_drained(timeout=180)
+    except Exception:
+        for replica in fleet.replicas:  # the work directory goes with the run: show why
+            tail = replica.log_path.read_text(errors="replace").splitlines()[-15:]
+            print(f"--- {replica.log_path.name}", *tail, sep="\n", file=sys.stderr)
+        raise
+    finally:
+        fleet.stop()
+    subscriber.wait_settled(JOBS, timeout=60)
+    delivery = check_delivery(fire_at, subscriber.stop())
+    notes = {
+        "faults": len(recoveries),
+        "duplicates_per_fault": round(delivery.duplicated / len(recoveries), 1),
+        "recovery_s": recoveries,
+    }
+    print(f"  chaos {name}: lost {delivery.lost}, duplicated {delivery.duplicated}, "
+          f"recovery {recoveries}", flush=True)  # fmt: skip
+    return ScenarioResult(f"chaos-{name}", REPLICAS, JOBS, 0, delivery, notes=notes)
+
+
+def bystander(bench: Bench, hold: float) -> list[ScenarioResult]:
+    """A drain of 60,000 due rows without, then with, a transaction held open by another
+    session (it keeps vacuum from reclaiming the rows the drain marks). Reports the rate
+    and the replicas' mean claim time."""
+    results = []
+    for held in (False, True):
+        name = "chaos-bystander-held" if held else "chaos-bystander-none"
+        prefix = f"bench/{name}"
+        bench.reset()
+        subscriber = VerifyingSubscriber(bench.broker.port, prefix, bench.work)
+        with (
+            _open_transaction(bench.db_url, hold if held else 0.0),
+            bench.replicas(REPLICAS) as running,
+        ):
+            fire_at = dict.fromkeys(range(1, JOBS + 1), time.time() - 1.0)
+            loaded = bench.load(prefix, fire_at)
+            bench.wait_drained(timeout=180)
+            elapsed = bench.last_processed_at() - loaded
+            claim_ms = _mean_claim_ms(running)
+        subscriber.wait_settled(JOBS, timeout=60)
+        delivery = check_delivery(fire_at, subscriber.stop())
+        notes = {"transaction_held_s": hold if held else 0, "claim_ms_mean": claim_ms}
+        results.append(ScenarioResult(name, REPLICAS, JOBS, round(JOBS / elapsed), delivery,
+                                      notes=notes))  # fmt: skip
+    return results
+
+
+def _mean_claim_ms(replicas: list[ReplicaProcess]) -> float:
+    total = sum(r.metric("jobpub_claim_duration_seconds_sum") for r in replicas)
+    count = sum(r.metric("jobpub_claim_duration_seconds_count") for r in replicas)
+    return round(1000 * total / count, 2) if count else float("nan")
+
+
+@contextlib.contextmanager
+def _open_transaction(url: str, seconds: float) -> Iterator[None]:
+    """A session holding a snapshot open for `seconds` (from entry) in a thread."""
+    if seconds <= 0:
+        yield
+        return
+    opened = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(url) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("SELECT count(*) FROM jobs")
+            opened.set()
+            time.sleep(seconds)
+            conn.rollback()
+
+    thread = threading.Thread(target=hold, name="bystander-transaction", daemon=True)
+    thread.start()
+    opened.wait(timeout=10)
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+class _ThreadedProxy:
+    """tests.support.proxy.Proxy on its own event loop thread, driven from sync code."""
+
+    def __init__(self, port: int) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="chaos-broker-proxy", daemon=True
+        )
+        self._thread.start()
+        self._proxy = Proxy("127.0.0.1", port)
+        self.open()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self._proxy.port}"
+
+    def open(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._proxy.open(), self._loop).result(10)
+
+    def cut(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._proxy.cut(), self._loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._proxy.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+
+def postgres_restart_command() -> list[str]:
+    """The Debian cluster's restart, as the machine's PostgreSQL is run here."""
+    versions = sorted(Path("/etc/postgresql").iterdir())
+    if not versions:
+        raise RuntimeError("no PostgreSQL cluster under /etc/postgresql to restart")
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", "restart",
+            "-m", "fast"]  # fmt: skip
+
+
+def all_scenarios(bench: Bench, only: set[str] | None) -> list[ScenarioResult]:
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
+    results = []
+    if wanted("replica-kills"):
+        results.append(run(bench, "replica-kills", replica_kills))
+    if wanted("broker-restart"):
+        results.append(run(bench, "broker-restart", broker_restart(hard=False)))
+    if wanted("broker-kill"):
+        results.append(run(bench, "broker-kill", broker_restart(hard=True)))
+    if wanted("pg-terminate"):
+        results.append(run(bench, "pg-terminate", terminate_connections))
+    if wanted("pg-restart"):
+        results.append(run(bench, "pg-restart", postgres_restart(postgres_restart_command())))
+    if wanted("broker-refuses"):
+        proxy = _ThreadedProxy(bench.broker.port)
+        try:
+            results.append(run(bench, "broker-refuses", broker_refuses(proxy, 10.0),
+                               mqtt_url=proxy.url))  # fmt: skip
+        finally:
+            proxy.close()
+    if wanted("bystander"):
+        results.extend(bystander(bench, 30.0))
+    return results
