@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 
-from jobpub import migrations
+from jobpub import logs, migrations
 from jobpub.store import migrate
 from tests.support.broker import Broker, start_broker
 from tests.support.subscriber import Subscriber
@@ -87,3 +89,12 @@ def subscriber(broker: Broker) -> Iterator[Subscriber]:
     """An independent subscriber (paho-mqtt, not jobpub's code) to this test's topics."""
     with Subscriber(broker.port, f"t{uuid.uuid4().hex[:10]}") as running:
         yield running
+
+
+@pytest.fixture
+def info_logs() -> Iterator[io.StringIO]:
+    """Logging as `jobpub run` sets it up (JSON, info level), into a buffer."""
+    buffer = io.StringIO()
+    logs.configure("json", "info", stream=buffer)
+    yield buffer
+    structlog.reset_defaults()

@@ -10,30 +10,21 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import structlog
 
-from jobpub import logs, migrations
+from jobpub import migrations
 from jobpub.store import migrate
 from tests.support.broker import Broker
 from tests.support.daemon import make_settings, running
 from tests.support.postgres_server import PostgresServer, start_postgres
 from tests.support.subscriber import Subscriber
 from tests.support.tls import make_certificates
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, logged
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[PostgresServer]:
     with start_postgres() as running_server:
         yield running_server
-
-
-@pytest.fixture
-def info_logs() -> Iterator[io.StringIO]:
-    buffer = io.StringIO()
-    logs.configure("json", "info", stream=buffer)
-    yield buffer
-    structlog.reset_defaults()
 
 
 async def test_daemon_connects_with_verify_full_tls(
@@ -70,7 +61,7 @@ async def test_wrong_database_password_is_not_ready_and_does_not_crash(
     url = server.url(password="wrong-db-pass", sslmode="require")  # noqa: S106 (wrong on purpose)
     async with running(make_settings(url, broker.url)) as metrics:
         await eventually(
-            lambda: _logged(info_logs, "password authentication failed"),
+            logged(info_logs, "password authentication failed"),
             15,
             "the refusal logged",
         )
@@ -82,7 +73,3 @@ async def test_wrong_database_password_is_not_ready_and_does_not_crash(
     # Said once by the claim loop (and once by the LISTEN connection), not per retry.
     assert sorted(refusals) == ["database_unavailable", "listen_failed"]
     assert "wrong-db-pass" not in text
-
-
-async def _logged(buffer: io.StringIO, text: str) -> bool:
-    return text in buffer.getvalue()

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import structlog
 
-from jobpub import logs
 from jobpub.cli import main
 from tests.support.broker import Broker, free_port, start_broker
 from tests.support.daemon import make_settings, running
 from tests.support.subscriber import Subscriber
 from tests.support.tls import make_certificates
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, logged
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -69,15 +68,6 @@ async def test_mqtts_with_client_certificate_and_password(
 
 async def _none_pending(db: Conn) -> bool:
     return await pending(db) == 0
-
-
-@pytest.fixture
-def info_logs() -> Iterator[io.StringIO]:
-    """Logging as `jobpub run` sets it up (JSON, info level), into a buffer."""
-    buffer = io.StringIO()
-    logs.configure("json", "info", stream=buffer)
-    yield buffer
-    structlog.reset_defaults()
 
 
 async def test_wrong_mqtt_password_is_not_ready_and_does_not_crash(
@@ -154,14 +144,11 @@ def test_secret_files_and_requeue_command(
 async def test_daemon_runs_as_the_least_privileged_role(
     db_url: str, db: Conn, broker: Broker, subscriber: Subscriber
 ) -> None:
-    user = f"publisher_{uuid.uuid4().hex[:8]}"
-    await db.execute(f"CREATE ROLE {user} LOGIN IN ROLE jobpub_daemon")
-    try:
+    async with login_role(db, db_url, "IN ROLE jobpub_daemon") as (_, as_daemon):
         await db.execute(
             "INSERT INTO jobs (topic, payload) VALUES (%s, 'as daemon')",
             (subscriber.topic("role"),),
         )
-        as_daemon = db_url.replace("postgres@", f"{user}@")
         async with running(make_settings(as_daemon, broker.url)):
             await asyncio.to_thread(subscriber.wait_for, 1, 10)
             await eventually(lambda: _none_pending(db), 10, "the row marked")
@@ -174,26 +161,18 @@ async def test_daemon_runs_as_the_least_privileged_role(
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     await conn.execute(statement)
-    finally:
-        await db.execute(f"DROP OWNED BY {user}")
-        await db.execute(f"DROP ROLE {user}")
 
 
 async def test_a_role_without_privileges_is_not_ready_then_recovers_when_granted(
     db_url: str, db: Conn, broker: Broker, subscriber: Subscriber, info_logs: io.StringIO
 ) -> None:
-    user = f"unprivileged_{uuid.uuid4().hex[:8]}"
-    await db.execute(f"CREATE ROLE {user} LOGIN")
-    try:
+    async with login_role(db, db_url) as (user, as_user):
         await db.execute(
             "INSERT INTO jobs (topic, payload) VALUES (%s, 'after grant')",
             (subscriber.topic("grant"),),
         )
-        as_user = db_url.replace("postgres@", f"{user}@")
         async with running(make_settings(as_user, broker.url)) as metrics:
-            await eventually(
-                lambda: _logged(info_logs, '"claim_failed"'), 10, "the failed claim logged"
-            )
+            await eventually(logged(info_logs, '"claim_failed"'), 10, "the failed claim logged")
             await asyncio.sleep(1.0)  # several claim retries' worth of backoff
             assert "jobpub_database_up 0.0" in metrics.render().decode()
             await db.execute(f"GRANT jobpub_daemon TO {user}")
@@ -201,10 +180,15 @@ async def test_a_role_without_privileges_is_not_ready_then_recovers_when_granted
         text = info_logs.getvalue()
         assert text.count('"claim_failed"') == 1, "said once, not per retry"
         assert "permission denied" in text
+
+
+@contextlib.asynccontextmanager
+async def login_role(db: Conn, db_url: str, options: str = "") -> AsyncIterator[tuple[str, str]]:
+    """A throwaway login role: (its name, db_url as it). Dropped with what it owns."""
+    user = f"role_{uuid.uuid4().hex[:8]}"
+    await db.execute(f"CREATE ROLE {user} LOGIN {options}")
+    try:
+        yield user, db_url.replace("postgres@", f"{user}@")
     finally:
         await db.execute(f"DROP OWNED BY {user}")
         await db.execute(f"DROP ROLE {user}")
-
-
-async def _logged(buffer: io.StringIO, text: str) -> bool:
-    return text in buffer.getvalue()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Awaitable, Callable
 
@@ -21,3 +22,12 @@ async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float, w
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def logged(buffer: io.StringIO, text: str) -> Callable[[], Awaitable[bool]]:
+    """A condition for `eventually`: `text` has been logged into `buffer`."""
+
+    async def check() -> bool:
+        return text in buffer.getvalue()
+
+    return check
