@@ -35,6 +35,10 @@ def main() -> int:
     parser.add_argument(
         "--only", default=None, help="chaos: comma-separated scenarios (default: all of them)"
     )
+    parser.add_argument(
+        "--spread", type=float, default=chaos.SPREAD,
+        help="chaos: seconds over which the 60,000 rows fall due (default 10)",
+    )  # fmt: skip
     parser.add_argument("--name", default=None, help="results file name (default: what)")
     parser.add_argument(
         "--replicas", default="1,2,4", help="replica counts for the drain (default 1,2,4)"
@@ -80,7 +84,7 @@ def main() -> int:
             results.extend(clients.compare(bench.broker.port, 50_000, args.repeat))
         if args.what == "chaos":
             only = set(args.only.split(",")) if args.only else None
-            results.extend(chaos.all_scenarios(bench, only))
+            results.extend(chaos.all_scenarios(bench, only, args.spread))
 
     name = args.name or args.what
     RESULTS.mkdir(exist_ok=True)

@@ -1,9 +1,10 @@
 """Chaos: replicas drain a stream of jobs while replicas, the broker and PostgreSQL fail.
 
-Every scenario loads 60,000 rows due evenly over 10 s, runs 4 unpartitioned replicas
-(as `docker compose up --scale publisher=4` would), injects its fault a few seconds in,
-and checks with a persistent `mosquitto_sub` session what arrived. Recovery is the time
-from the fault's end until every replica is ready and rows are being marked again.
+Every scenario loads 60,000 rows due evenly over 10 s (`--spread`) and runs 4
+unpartitioned replicas, as `docker compose up --scale publisher=4` would. It injects its
+fault a few seconds in and checks with a persistent `mosquitto_sub` session what
+arrived. Recovery is the time from the fault's end until every replica is ready and
+rows are being marked again.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from bench.harness import (
 )
 
 JOBS = 60_000
-SPREAD = 10.0  # seconds over which the rows fall due
+SPREAD = 10.0  # seconds over which the rows fall due (default; --spread)
 LEAD = 1.0  # the first row is due this long after the load
 REPLICAS = 4
-FAULT_AT = 3.0  # seconds into the stream
+FAULT_AT = 3.0  # seconds into the stream (a quarter of it, if shorter)
 READY_TIMEOUT = 60.0
 
 
@@ -141,7 +142,8 @@ def _last_processed_at(bench: Bench) -> float:
         return float("-inf")  # the database is still coming back
 
 
-def run(bench: Bench, name: str, fault: Fault, **overrides: str) -> ScenarioResult:
+def run(bench: Bench, name: str, fault: Fault, spread: float, **overrides: str
+        ) -> ScenarioResult:  # fmt: skip
     prefix = f"bench/chaos-{name}"
     bench.reset()
     subscriber = VerifyingSubscriber(bench.broker.port, prefix, bench.work, persistent=True)
@@ -149,9 +151,9 @@ def run(bench: Bench, name: str, fault: Fault, **overrides: str) -> ScenarioResu
     try:
         wait_ready(fleet.replicas, READY_TIMEOUT)
         start = time.time() + LEAD
-        fire_at = {i: start + (i - 1) * SPREAD / JOBS for i in range(1, JOBS + 1)}
+        fire_at = {i: start + (i - 1) * spread / JOBS for i in range(1, JOBS + 1)}
         bench.load(prefix, fire_at)
-        time.sleep(max(0.0, start + FAULT_AT - time.time()))
+        time.sleep(max(0.0, start + min(FAULT_AT, spread / 4) - time.time()))
         recoveries = fault(bench, fleet)
         bench.wait_drained(timeout=180)
     except Exception:
@@ -164,6 +166,7 @@ def run(bench: Bench, name: str, fault: Fault, **overrides: str) -> ScenarioResu
     subscriber.wait_settled(JOBS, timeout=60)
     delivery = check_delivery(fire_at, subscriber.stop())
     notes = {
+        "spread_s": spread,
         "faults": len(recoveries),
         "duplicates_per_fault": round(delivery.duplicated / len(recoveries), 1),
         "recovery_s": recoveries,
@@ -268,26 +271,29 @@ def postgres_restart_command() -> list[str]:
             "-m", "fast"]  # fmt: skip
 
 
-def all_scenarios(bench: Bench, only: set[str] | None) -> list[ScenarioResult]:
+def all_scenarios(bench: Bench, only: set[str] | None, spread: float = SPREAD
+                  ) -> list[ScenarioResult]:  # fmt: skip
     def wanted(name: str) -> bool:
         return only is None or name in only
 
     results = []
     if wanted("replica-kills"):
-        results.append(run(bench, "replica-kills", replica_kills))
+        results.append(run(bench, "replica-kills", replica_kills, spread))
     if wanted("broker-restart"):
-        results.append(run(bench, "broker-restart", broker_restart(hard=False)))
+        results.append(run(bench, "broker-restart", broker_restart(hard=False), spread))
     if wanted("broker-kill"):
-        results.append(run(bench, "broker-kill", broker_restart(hard=True)))
+        results.append(run(bench, "broker-kill", broker_restart(hard=True), spread))
     if wanted("pg-terminate"):
-        results.append(run(bench, "pg-terminate", terminate_connections))
+        results.append(run(bench, "pg-terminate", terminate_connections, spread))
     if wanted("pg-restart"):
-        results.append(run(bench, "pg-restart", postgres_restart(postgres_restart_command())))
+        results.append(
+            run(bench, "pg-restart", postgres_restart(postgres_restart_command()), spread)
+        )
     if wanted("broker-refuses"):
         proxy = _ThreadedProxy(bench.broker.port)
         try:
-            results.append(run(bench, "broker-refuses", broker_refuses(proxy, 10.0),
-                               mqtt_url=proxy.url))  # fmt: skip
+            refusal = broker_refuses(proxy, 10.0)
+            results.append(run(bench, "broker-refuses", refusal, spread, mqtt_url=proxy.url))
         finally:
             proxy.close()
     if wanted("bystander"):
