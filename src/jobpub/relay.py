@@ -117,12 +117,12 @@ class Relay:
                 slots.release()
                 self._set_database_ok(ok=False)
                 delay = backoff.next()
-                if database_was_down:
-                    pass
-                elif isinstance(exc, DatabaseUnavailable):
-                    log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2))
-                else:
-                    log.exception("claim_failed", error=str(exc), retry_in_s=round(delay, 2))
+                if not database_was_down:  # said once, not per retry
+                    if isinstance(exc, DatabaseUnavailable):
+                        log.warning("database_unavailable", error=str(exc),
+                                    retry_in_s=round(delay, 2))  # fmt: skip
+                    else:
+                        log.exception("claim_failed", error=str(exc), retry_in_s=round(delay, 2))
                 database_was_down = True
                 await wait_for_any((stop,), delay)
                 continue

@@ -18,7 +18,7 @@ from tests.support.daemon import make_settings, running
 from tests.support.postgres_server import PostgresServer, start_postgres
 from tests.support.subscriber import Subscriber
 from tests.support.tls import make_certificates
-from tests.support.waiting import eventually, logged
+from tests.support.waiting import eventually, in_file, logged
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,8 @@ async def test_wrong_database_password_is_not_ready_and_does_not_crash(
             15,
             "the refusal logged",
         )
-        await asyncio.sleep(2.0)  # several reconnect attempts' worth of backoff
+        refused = "password authentication failed"
+        await eventually(in_file(server.log, refused, 4), 15, "several attempts refused")
         assert "jobpub_database_up 0.0" in metrics.render().decode()
     text = info_logs.getvalue()
     refusals = [json.loads(line)["event"] for line in text.splitlines()

@@ -19,7 +19,7 @@ from tests.support.broker import Broker, free_port, start_broker
 from tests.support.daemon import make_settings, running
 from tests.support.subscriber import Subscriber
 from tests.support.tls import make_certificates
-from tests.support.waiting import eventually, logged
+from tests.support.waiting import eventually, in_file, logged
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -86,7 +86,11 @@ async def test_wrong_mqtt_password_is_not_ready_and_does_not_crash(
         )
         await db.execute("INSERT INTO jobs (topic, payload) VALUES ('secure/1', 'x')")
         async with running(settings) as metrics:
-            await asyncio.sleep(1.5)  # several connect attempts' worth of backoff
+            await eventually(
+                in_file(broker.directory / "mosquitto.log", "not authorised", 3),
+                15,
+                "several connection attempts refused",
+            )
             assert "jobpub_broker_up 0.0" in metrics.render().decode()
         assert await pending(db) == 1, "nothing is claimed without a broker"
     text = info_logs.getvalue()
@@ -173,13 +177,22 @@ async def test_a_role_without_privileges_is_not_ready_then_recovers_when_granted
         )
         async with running(make_settings(as_user, broker.url)) as metrics:
             await eventually(logged(info_logs, '"claim_failed"'), 10, "the failed claim logged")
-            await asyncio.sleep(1.0)  # several claim retries' worth of backoff
+            await eventually(lambda: _rolled_back(db, 3), 15, "several claims refused")
             assert "jobpub_database_up 0.0" in metrics.render().decode()
             await db.execute(f"GRANT jobpub_daemon TO {user}")
             await asyncio.to_thread(subscriber.wait_for, 1, 20)
         text = info_logs.getvalue()
         assert text.count('"claim_failed"') == 1, "said once, not per retry"
         assert "permission denied" in text
+
+
+async def _rolled_back(db: Conn, at_least: int) -> bool:
+    """Transactions rolled back in this database (a refused claim is one); stats lag ~1 s."""
+    cursor = await db.execute(
+        "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+    )
+    row = await cursor.fetchone()
+    return row is not None and row[0] >= at_least
 
 
 @contextlib.asynccontextmanager

@@ -27,6 +27,7 @@ class PostgresServer:
     port: int
     ca_file: Path
     socket_dir: Path
+    log: Path
 
     def url(self, password: str = PASSWORD, **options: str) -> str:
         query = "&".join(f"{key}={value}" for key, value in options.items())
@@ -94,8 +95,9 @@ def _running(directory: Path) -> Iterator[PostgresServer]:
         "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
     )
     pg_ctl = _bin("pg_ctl")
-    _as_server_user(pg_ctl, "-D", str(data), "-w", "-l", str(directory / "server.log"), "start")
-    server = PostgresServer(port, certs.ca, sockets)
+    log = directory / "server.log"
+    _as_server_user(pg_ctl, "-D", str(data), "-w", "-l", str(log), "start")
+    server = PostgresServer(port, certs.ca, sockets, log)
     try:
         subprocess.run(
             ["psql", server.admin_url, "-v", "ON_ERROR_STOP=1", "-c",

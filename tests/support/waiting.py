@@ -6,6 +6,7 @@ import asyncio
 import io
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -29,5 +30,17 @@ def logged(buffer: io.StringIO, text: str) -> Callable[[], Awaitable[bool]]:
 
     async def check() -> bool:
         return text in buffer.getvalue()
+
+    return check
+
+
+def in_file(path: Path, text: str, times: int) -> Callable[[], Awaitable[bool]]:
+    """A condition for `eventually`: a service's log file holds `text` `times` times."""
+
+    def count() -> int:
+        return path.read_text(errors="replace").count(text) if path.exists() else 0
+
+    async def check() -> bool:
+        return await asyncio.to_thread(count) >= times
 
     return check
