@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import uuid
@@ -42,26 +43,30 @@ def template_database() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
 
 
-@pytest.fixture
-def db_url(template_database: str) -> Iterator[str]:
-    """URL of a fresh, migrated database for this test only."""
-    name = f"jobpub_test_{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def fresh_database(prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database (a copy of `template`, if given) for one test; its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+        admin.execute(f'CREATE DATABASE "{name}"{copy}')
     yield database_url(name)
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(template_database: str) -> Iterator[str]:
+    """URL of a fresh, migrated database for this test only."""
+    with fresh_database("jobpub_test", template_database) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_db_url() -> Iterator[str]:
     """URL of a fresh database with no schema."""
-    name = f"jobpub_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield database_url(name)
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("jobpub_empty") as url:
+        yield url
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 
 from jobpub.cli import main
-from tests.support.broker import Broker, free_port, start_broker
+from jobpub.settings import Settings
+from tests.support.broker import Broker, start_broker
 from tests.support.daemon import make_settings, running
 from tests.support.subscriber import Subscriber
 from tests.support.tls import make_certificates
@@ -42,6 +43,17 @@ def secure_broker_config(directory: Path) -> str:
     ])  # fmt: skip
 
 
+def secure_settings(db_url: str, certs: Path, broker: Broker, password: str) -> Settings:
+    """jobpub's settings for the secure broker: TLS, client certificate, `device`'s password."""
+    return make_settings(
+        db_url,
+        f"mqtts://device:{password}@127.0.0.1:{broker.port}",
+        mqtt_ca_file=certs / "ca.pem",
+        mqtt_cert_file=certs / "client.pem",
+        mqtt_key_file=certs / "client.key",
+    )
+
+
 async def pending(db: Conn) -> int:
     cursor = await db.execute("SELECT count(*) FROM jobs WHERE NOT processed AND failed_at IS NULL")
     row = await cursor.fetchone()
@@ -52,14 +64,7 @@ async def test_mqtts_with_client_certificate_and_password(
     db_url: str, db: Conn, tmp_path: Path
 ) -> None:
     with start_broker(tmp_path / "broker", secure_broker_config(tmp_path)) as broker:
-        certs = tmp_path / "certs"
-        settings = make_settings(
-            db_url,
-            f"mqtts://device:s3cret-pass@127.0.0.1:{broker.port}",
-            mqtt_ca_file=certs / "ca.pem",
-            mqtt_cert_file=certs / "client.pem",
-            mqtt_key_file=certs / "client.key",
-        )
+        settings = secure_settings(db_url, tmp_path / "certs", broker, "s3cret-pass")
         await db.execute("INSERT INTO jobs (topic, payload) VALUES ('secure/1', 'x')")
         async with running(settings) as metrics:
             await eventually(lambda: _none_pending(db), 15, "the job published over TLS")
@@ -74,16 +79,7 @@ async def test_wrong_mqtt_password_is_not_ready_and_does_not_crash(
     db_url: str, db: Conn, tmp_path: Path, info_logs: io.StringIO
 ) -> None:
     with start_broker(tmp_path / "broker", secure_broker_config(tmp_path)) as broker:
-        certs = tmp_path / "certs"
-        port = free_port()
-        settings = make_settings(
-            db_url,
-            f"mqtts://device:wrong-pass@127.0.0.1:{broker.port}",
-            mqtt_ca_file=certs / "ca.pem",
-            mqtt_cert_file=certs / "client.pem",
-            mqtt_key_file=certs / "client.key",
-            http_port=port,
-        )
+        settings = secure_settings(db_url, tmp_path / "certs", broker, "wrong-pass")
         await db.execute("INSERT INTO jobs (topic, payload) VALUES ('secure/1', 'x')")
         async with running(settings) as metrics:
             await eventually(
