@@ -96,8 +96,11 @@ async def _settled(db: Conn) -> bool:
 async def test_future_jobs_wait_for_their_time_then_fire(
     db_url: str, db: Conn, broker: Broker, subscriber: Subscriber
 ) -> None:
-    async with running(make_settings(db_url, broker.url, poll_interval=30)):
-        await asyncio.sleep(0)  # let it start and go idle: NOTIFY must wake it
+    async with running(make_settings(db_url, broker.url, poll_interval=30)) as metrics:
+        # Idle after its first claim: now only NOTIFY and the next-job timer can wake it.
+        await eventually(
+            lambda: "jobpub_database_up 1.0" in metrics.render().decode(), 10, "a first claim"
+        )
         await db.execute(
             "INSERT INTO jobs (topic, payload, fire_at) "
             "VALUES (%s, 'later', now() + interval '1.5 s')",

@@ -17,6 +17,7 @@ from jobpub.publisher import MqttPublisher
 from tests.support.broker import Broker, start_broker
 from tests.support.daemon import make_settings
 from tests.support.subscriber import Subscriber
+from tests.support.waiting import eventually
 
 
 async def connect(port: int, version: int = PROTOCOL_V5, inflight: int = 1000) -> MqttConnection:
@@ -113,10 +114,7 @@ async def test_publisher_reconnects_after_the_broker_restarts(own_broker: Broker
     try:
         assert await publisher.wait_connected(10)
         own_broker.stop()
-        for _ in range(200):
-            if not publisher.connected:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: not publisher.connected, 4, "the loss noticed")
         assert not publisher.connected
         own_broker.start()
         assert await publisher.wait_connected(15)

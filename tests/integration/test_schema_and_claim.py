@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -26,8 +28,14 @@ async def insert_due(db: Conn, count: int, *, topic: str = "t/x", offset: str = 
     )
 
 
-def store_for(db_url: str, **overrides: Any) -> PostgresStore:
-    return PostgresStore(make_settings(db_url, "mqtt://127.0.0.1:1", **overrides), Metrics())
+@contextlib.asynccontextmanager
+async def opened_store(db_url: str, **overrides: Any) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(make_settings(db_url, "mqtt://127.0.0.1:1", **overrides), Metrics())
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def test_migrate_is_idempotent_and_safe_when_run_concurrently(empty_db_url: str) -> None:
@@ -107,16 +115,12 @@ async def test_infinite_fire_at_left_from_before_the_constraint_does_not_break_c
         "INSERT INTO jobs (topic, fire_at) VALUES ('t/never', 'infinity'), "
         "('t/always', '-infinity'), ('t/later', now() + interval '1 hour')"
     )
-    store = store_for(db_url, lookahead=0)
-    await store.open()
-    try:
+    async with opened_store(db_url, lookahead=0) as store:
         batch = await store.claim()
         assert [(job.topic, job.due_in) for job in batch.jobs] == [("t/always", 0)]
         assert batch.next_wake_in is not None
         assert 3590 < batch.next_wake_in <= 3600, "an `infinity` row is never the next wake"
         await batch.release()
-    finally:
-        await store.close()
 
 
 async def test_null_topic_and_payload_are_refused(db: Conn) -> None:
@@ -154,40 +158,30 @@ async def test_claim_takes_due_rows_in_order_and_never_future_ones(db_url: str, 
         "('t/future', now() + interval '1 hour'), ('t/done', now() - interval '1 s')"
     )
     await db.execute("UPDATE jobs SET processed = true WHERE topic = 't/done'")
-    store = store_for(db_url, lookahead=0)
-    await store.open()
-    try:
+    async with opened_store(db_url, lookahead=0) as store:
         batch = await store.claim()
         assert [job.topic for job in batch.jobs] == ["t/late", "t/due"]
         assert batch.next_wake_in is not None
         assert 3590 < batch.next_wake_in <= 3600
         await batch.release()
-    finally:
-        await store.close()
 
 
 async def test_concurrent_claims_are_disjoint_and_bounded_by_the_limit(
     db_url: str, db: Conn
 ) -> None:
     await insert_due(db, 500)
-    store = store_for(db_url, batch_size=100, concurrency=4)
-    await store.open()
-    try:
+    async with opened_store(db_url, batch_size=100, concurrency=4) as store:
         batches = await asyncio.gather(*(store.claim() for _ in range(4)))
         ids = [job.id for batch in batches for job in batch.jobs]
         assert [len(batch.jobs) for batch in batches] == [100] * 4
         assert len(set(ids)) == 400
         for batch in batches:
             await batch.release()
-    finally:
-        await store.close()
 
 
 async def test_settle_marks_published_dead_and_retrying_rows(db_url: str, db: Conn) -> None:
     await insert_due(db, 4)
-    store = store_for(db_url, max_attempts=2)
-    await store.open()
-    try:
+    async with opened_store(db_url, max_attempts=2) as store:
         batch = await store.claim()
         outcomes = [
             PUBLISHED,
@@ -216,17 +210,13 @@ async def test_settle_marks_published_dead_and_retrying_rows(db_url: str, db: Co
         third = await store.claim()
         failing = [Outcome(Delivery.FAILED, "broker_0x97", "again") for _ in third.jobs]
         assert (await third.settle(failing)).dead == 1
-    finally:
-        await store.close()
 
 
 async def test_rows_published_before_a_lost_commit_are_marked_on_a_new_connection(
     db_url: str, db: Conn
 ) -> None:
     await insert_due(db, 5)
-    store = store_for(db_url)
-    await store.open()
-    try:
+    async with opened_store(db_url) as store:
         batch = await store.claim()
         ids = [job.id for job in batch.jobs]
         await db.execute(
@@ -242,16 +232,12 @@ async def test_rows_published_before_a_lost_commit_are_marked_on_a_new_connectio
         assert (settled.published, settled.released) == (2, 3)
         cursor = await db.execute("SELECT id FROM jobs WHERE processed ORDER BY id")
         assert [row[0] for row in await cursor.fetchall()] == ids[2:4]
-    finally:
-        await store.close()
 
 
 async def test_partition_takes_own_rows_and_overdue_rows_of_others(db_url: str, db: Conn) -> None:
     await insert_due(db, 10, offset="-1 s")
     await insert_due(db, 10, topic="old", offset="-1 hour")
-    store = store_for(db_url, consumer_count=2, consumer_index=1, takeover_delay=60)
-    await store.open()
-    try:
+    async with opened_store(db_url, consumer_count=2, consumer_index=1, takeover_delay=60) as store:
         batch = await store.claim()
         recent = [job for job in batch.jobs if job.topic.startswith("t/")]
         overdue = [job for job in batch.jobs if job.topic.startswith("old/")]
@@ -260,5 +246,3 @@ async def test_partition_takes_own_rows_and_overdue_rows_of_others(db_url: str, 
         assert len(recent) == 5
         assert len(overdue) == 10, "rows overdue past the takeover delay go to any replica"
         await batch.release()
-    finally:
-        await store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import time
 from collections.abc import Awaitable, Callable
@@ -17,9 +18,12 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.01)
 
 
-async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+async def eventually(
+    condition: Callable[[], Awaitable[bool] | bool], timeout: float, what: str
+) -> None:
+    """Until `condition()` (a plain or an async predicate) is true, or fail at `timeout`."""
     deadline = time.monotonic() + timeout
-    while not await condition():
+    while not await _holds(condition):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
@@ -44,3 +48,8 @@ def in_file(path: Path, text: str, times: int) -> Callable[[], Awaitable[bool]]:
         return await asyncio.to_thread(count) >= times
 
     return check
+
+
+async def _holds(condition: Callable[[], Awaitable[bool] | bool]) -> bool:
+    result = condition()
+    return await result if inspect.isawaitable(result) else result

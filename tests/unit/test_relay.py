@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from jobpub.errors import DatabaseUnavailable
 from jobpub.metrics import Metrics
 from jobpub.models import PUBLISHED, Job, Outcome, Settled
 from jobpub.relay import Relay, RelayConfig
+from tests.support.waiting import eventually
 
 
 class FakeBatch:
@@ -81,13 +82,22 @@ def job(job_id: int, due_in: float) -> Job:
     return Job(job_id, f"t/{job_id}", "x", 1, False, due_in)
 
 
-async def run_until(relay: Relay, condition: asyncio.Event | None, seconds: float) -> None:
+async def run_until(relay: Relay, condition: Callable[[], bool], what: str) -> None:
+    """Run the relay until `condition` holds (2 s at most), then stop it."""
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop), name="relay-under-test")
-    if condition is not None:
-        await asyncio.wait_for(condition.wait(), seconds)
-    else:
-        await asyncio.sleep(seconds)
+    try:
+        await eventually(condition, 2, what)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def run_for(relay: Relay, seconds: float) -> None:
+    """Run the relay for a window in which something must NOT happen, then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop), name="relay-under-test")
+    await asyncio.sleep(seconds)
     stop.set()
     await asyncio.wait_for(task, 5)
 
@@ -96,7 +106,7 @@ async def test_each_job_goes_out_no_earlier_than_its_time() -> None:
     batch = FakeBatch([job(1, -5.0), job(2, 0.0), job(3, 0.05), job(4, 0.12)])
     publisher = FakePublisher()
     relay = Relay(FakeSource(batch), publisher, Metrics(), config())
-    await run_until(relay, None, 0.3)
+    await run_until(relay, lambda: batch.settled is not None, "the batch settled")
     assert [j.id for _, j in publisher.sent] == [1, 2, 3, 4]
     for sent_at, sent in publisher.sent:
         assert sent_at >= batch.claimed_at + sent.due_in
@@ -106,7 +116,7 @@ async def test_each_job_goes_out_no_earlier_than_its_time() -> None:
 async def test_nothing_is_claimed_while_the_broker_is_down() -> None:
     source = FakeSource(FakeBatch([job(1, -1)]))
     relay = Relay(source, FakePublisher(connected=False), Metrics(), config())
-    await run_until(relay, None, 0.1)
+    await run_for(relay, 0.1)
     assert source.claims == 0
 
 
@@ -115,7 +125,7 @@ async def test_database_errors_are_survived_and_reported() -> None:
     source = FakeSource(DatabaseUnavailable("down"), batch)
     metrics = Metrics()
     relay = Relay(source, FakePublisher(), metrics, config())
-    await run_until(relay, None, 0.6)
+    await run_until(relay, lambda: batch.settled is not None, "the batch after the error")
     assert batch.settled == [PUBLISHED]
     assert relay.database_ok
 
@@ -124,7 +134,7 @@ async def test_a_full_batch_is_followed_by_another_claim_at_once() -> None:
     full = FakeBatch([job(i, -1) for i in range(10)])
     source = FakeSource(full, FakeBatch([job(99, -1)]))
     relay = Relay(source, FakePublisher(), Metrics(), config(poll_interval=60))
-    await run_until(relay, None, 0.1)
+    await run_until(relay, lambda: source.claims >= 2, "a second claim")
     assert source.claims >= 2, "the poll interval must not delay a backlog"
 
 
@@ -133,10 +143,10 @@ async def test_a_notification_wakes_the_idle_loop() -> None:
     relay = Relay(source, FakePublisher(), Metrics(), config(poll_interval=60))
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop), name="relay-under-test")
-    await asyncio.sleep(0.05)
+    await eventually(lambda: source.claims >= 1, 2, "the first claim")
     before = source.claims
     relay.notify(None)
-    await asyncio.sleep(0.05)
+    await eventually(lambda: source.claims > before, 2, "a claim after the notification")
     assert source.claims == before + 1
     stop.set()
     await asyncio.wait_for(task, 5)
@@ -147,12 +157,12 @@ async def test_a_hint_far_beyond_the_planned_wake_is_ignored() -> None:
     relay = Relay(source, FakePublisher(), Metrics(), config(poll_interval=60))
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop), name="relay-under-test")
-    await asyncio.sleep(0.05)
+    await eventually(lambda: source.claims >= 1, 2, "the first claim")
     relay.notify(time.time() + 3600)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # a window in which no claim may happen
     assert source.claims == 1
     relay.notify(time.time() + 1)  # earlier than planned: claim now
-    await asyncio.sleep(0.05)
+    await eventually(lambda: source.claims >= 2, 2, "a claim after the earlier hint")
     assert source.claims == 2
     stop.set()
     await asyncio.wait_for(task, 5)
@@ -161,12 +171,13 @@ async def test_a_hint_far_beyond_the_planned_wake_is_ignored() -> None:
 async def test_stop_waits_for_in_flight_acks_then_settles() -> None:
     hold = asyncio.Event()
     batch = FakeBatch([job(1, -1)])
-    relay = Relay(FakeSource(batch), FakePublisher(hold=hold), Metrics(), config())
+    publisher = FakePublisher(hold=hold)
+    relay = Relay(FakeSource(batch), publisher, Metrics(), config())
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop), name="relay-under-test")
-    await asyncio.sleep(0.05)
+    await eventually(lambda: bool(publisher.sent), 2, "the batch in flight")
     stop.set()
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # a window in which the drain must not end
     assert not task.done(), "the drain waits for the in-flight batch"
     hold.set()
     await asyncio.wait_for(task, 5)
@@ -175,10 +186,8 @@ async def test_stop_waits_for_in_flight_acks_then_settles() -> None:
 
 async def test_drain_timeout_releases_the_batch() -> None:
     batch = FakeBatch([job(1, -1)])
-    relay = Relay(
-        FakeSource(batch), FakePublisher(hold=asyncio.Event()), Metrics(),
-        config(shutdown_timeout=0.1),
-    )  # fmt: skip
-    await run_until(relay, None, 0.05)
+    publisher = FakePublisher(hold=asyncio.Event())
+    relay = Relay(FakeSource(batch), publisher, Metrics(), config(shutdown_timeout=0.1))
+    await run_until(relay, lambda: bool(publisher.sent), "the batch in flight")
     assert batch.released
     assert batch.settled is None
