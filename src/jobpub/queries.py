@@ -37,6 +37,15 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 """
 
+# Run first in every claim's transaction. The claim wants one plan only: walk
+# jobs_pending_fire_at_idx in order and stop after `limit` rows. When statistics are stale
+# (a bulk INSERT into a queue that autoanalyze last saw empty, or kept small by retention
+# DELETEs) the planner expects a handful of rows and instead gathers every due row and
+# sorts them: 117 ms on disk instead of 1.5 ms for 100,000 due rows (measured, PG 15).
+# Forbidding the sort leaves the ordered index walk. SET LOCAL ends with the transaction,
+# so it is safe behind PgBouncer's transaction pooling.
+CLAIM_PLAN: Final[LiteralString] = "SET LOCAL enable_sort = off"
+
 # Seconds until this replica should look again: the earliest pending row beyond the
 # lookahead in its partition, or the end of the earliest retry backoff. Both halves
 # are index lookups. NULL when nothing is scheduled; an `infinity` fire_at never is.

@@ -252,6 +252,7 @@ class PostgresStore:
                 raise PoolTimeout(f"{exc}; {await self._connect_error()}") from exc
             try:
                 async with connection.cursor() as cursor:
+                    await cursor.execute(queries.CLAIM_PLAN)
                     await cursor.execute(queries.CLAIM_DUE_JOBS, self._claim.params())
                     rows = await cursor.fetchall()
                     claimed_at = time.monotonic()

@@ -151,6 +151,23 @@ async def test_claim_query_uses_the_partial_index(db: Conn) -> None:
     assert '"Node Type": "Sort"' not in plan, "the claim must read the index in order, not sort"
 
 
+async def test_claim_reads_the_index_in_order_even_when_statistics_are_stale(db: Conn) -> None:
+    # Autoanalyze last saw the table empty; then a bulk insert. The planner now expects a
+    # handful of due rows, and without CLAIM_PLAN it sorts all 20,000 instead.
+    await db.execute("ANALYZE jobs")
+    await insert_due(db, 20_000)
+    params = {"limit": 1000, "lookahead": 0.05, "consumer_count": 1, "consumer_index": 0,
+              "takeover_delay": 30.0}  # fmt: skip
+    async with db.transaction(force_rollback=True):
+        await db.execute(queries.CLAIM_PLAN)
+        cursor = await db.execute("EXPLAIN (FORMAT JSON) " + queries.CLAIM_DUE_JOBS, params)
+        row = await cursor.fetchone()
+    assert row is not None
+    plan = json.dumps(row[0])
+    assert "jobs_pending_fire_at_idx" in plan, plan
+    assert '"Node Type": "Sort"' not in plan, plan
+
+
 async def test_claim_takes_due_rows_in_order_and_never_future_ones(db_url: str, db: Conn) -> None:
     await db.execute(
         "INSERT INTO jobs (topic, fire_at) VALUES "
