@@ -26,7 +26,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("what", choices=["all", "drain", "on-time", "idle", "clients", "chaos"])
-    parser.add_argument("--jobs", type=int, default=100_000, help="rows per drain run")
+    parser.add_argument(
+        "--jobs", type=int, default=None,
+        help=f"rows per drain run (default 100,000) or chaos scenario (default {chaos.JOBS:,})",
+    )  # fmt: skip
     parser.add_argument("--baseline-jobs", type=int, default=20_000)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument(
@@ -37,7 +40,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--spread", type=float, default=chaos.SPREAD,
-        help="chaos: seconds over which the 60,000 rows fall due (default 10)",
+        help="chaos: seconds over which the rows fall due (default 10)",
     )  # fmt: skip
     parser.add_argument("--name", default=None, help="results file name (default: what)")
     parser.add_argument(
@@ -63,14 +66,15 @@ def main() -> int:
     counts = [int(n) for n in args.replicas.split(",")]
     runs = [(n, p) for n in counts for p in ((False,) if n == 1 else (False, True))]
     results: list[ScenarioResult] = []
+    jobs = args.jobs or 100_000
     with bench_environment(args.database, settings) as bench:
         if args.what in ("all", "drain"):
             if args.baseline_jobs:
                 results.append(scenarios.baseline(bench, args.baseline_jobs))
-                results.append(scenarios.ceiling(bench, args.jobs))
+                results.append(scenarios.ceiling(bench, jobs))
             for replicas, partitioned in runs:
                 attempts = [
-                    scenarios.drain(bench, args.jobs, replicas, partitioned=partitioned)
+                    scenarios.drain(bench, jobs, replicas, partitioned=partitioned)
                     for _ in range(args.repeat)
                 ]
                 results.append(median_run(attempts))
@@ -84,7 +88,8 @@ def main() -> int:
             results.extend(clients.compare(bench.broker.port, 50_000, args.repeat))
         if args.what == "chaos":
             only = set(args.only.split(",")) if args.only else None
-            results.extend(chaos.all_scenarios(bench, only, args.spread))
+            stream = chaos.Stream(args.jobs or chaos.JOBS, args.spread)
+            results.extend(chaos.all_scenarios(bench, only, stream))
 
     name = args.name or args.what
     RESULTS.mkdir(exist_ok=True)
@@ -116,6 +121,7 @@ def median_run(attempts: list[ScenarioResult]) -> ScenarioResult:
             if other is not chosen and other.delivery is not None:
                 chosen.delivery.lost += other.delivery.lost
                 chosen.delivery.duplicated += other.delivery.duplicated
+                chosen.delivery.published_twice += other.delivery.published_twice
                 chosen.delivery.early += other.delivery.early
     chosen.notes["runs_jobs_per_s"] = [r.jobs_per_s for r in attempts]
     return chosen

@@ -1,10 +1,12 @@
 """Chaos: replicas drain a stream of jobs while replicas, the broker and PostgreSQL fail.
 
-Every scenario loads 60,000 rows due evenly over 10 s (`--spread`) and runs 4
+Every scenario loads 60,000 rows (`--jobs`) due evenly over 10 s (`--spread`) and runs 4
 unpartitioned replicas, as `docker compose up --scale publisher=4` would. It injects its
-fault a few seconds in and checks with a persistent `mosquitto_sub` session what
-arrived. Recovery is the time from the fault's end until every replica is ready and
-rows are being marked again.
+fault 1 s into the stream and checks with a persistent `mosquitto_sub` session what
+arrived. Each fault event records how many rows were still pending when it struck: an
+event after the stream was drained tests nothing, so per-fault figures count only the
+events inside the stream. Recovery is the time from the fault's end until every replica
+is ready and rows are being marked again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -33,11 +36,11 @@ from bench.harness import (
     wait_ready,
 )
 
-JOBS = 60_000
+JOBS = 60_000  # default; --jobs
 SPREAD = 10.0  # seconds over which the rows fall due (default; --spread)
 LEAD = 1.0  # the first row is due this long after the load
 REPLICAS = 4
-FAULT_AT = 3.0  # seconds into the stream (a quarter of it, if shorter)
+FAULT_AT = 1.0  # seconds into the stream (a quarter of it, if shorter)
 READY_TIMEOUT = 60.0
 
 
@@ -61,23 +64,38 @@ class Fleet:
             replica.stop()
 
 
-Fault = Callable[[Bench, Fleet], list[float]]  # injects, returns recovery seconds per event
+@dataclass(frozen=True)
+class FaultEvent:
+    pending: int  # rows not yet processed when the fault struck
+    recovery_s: float
 
 
-def replica_kills(bench: Bench, fleet: Fleet) -> list[float]:
+@dataclass(frozen=True)
+class Stream:
+    jobs: int
+    spread: float  # seconds over which the rows fall due
+
+
+Fault = Callable[[Bench, Fleet], list[FaultEvent]]  # injects its fault, once or more
+
+
+def replica_kills(bench: Bench, fleet: Fleet) -> list[FaultEvent]:
     """A random replica SIGKILLed every 1-2 s and started again, 6 times."""
-    recoveries = []
-    for _ in range(6):
-        time.sleep(random.uniform(1.0, 2.0))
+    events = []
+    for number in range(6):
+        if number:
+            time.sleep(random.uniform(1.0, 2.0))
+        pending = bench.pending()
         replacement = fleet.restart(random.randrange(len(fleet.replicas)))
-        recoveries.append(round(wait_ready([replacement], READY_TIMEOUT), 2))
-    return recoveries
+        events.append(FaultEvent(pending, round(wait_ready([replacement], READY_TIMEOUT), 2)))
+    return events
 
 
 def broker_restart(*, hard: bool) -> Fault:
     """Graceful: SIGTERM, Mosquitto saves its state. Hard: SIGKILL, it saves nothing."""
 
-    def fault(bench: Bench, fleet: Fleet) -> list[float]:
+    def fault(bench: Bench, fleet: Fleet) -> list[FaultEvent]:
+        pending = bench.pending()
         if hard and bench.broker.process is not None:
             # Save the state once before the kill (SIGUSR1), as its periodic autosave
             # would have: else the verifier's session is gone and the broker rightly
@@ -87,25 +105,27 @@ def broker_restart(*, hard: bool) -> Fault:
             time.sleep(0.2)
         bench.broker.stop(hard=hard)
         bench.broker.start()
-        return [_recovery(bench, fleet)]
+        return [FaultEvent(pending, _recovery(bench, fleet))]
 
     return fault
 
 
-def terminate_connections(bench: Bench, fleet: Fleet) -> list[float]:
+def terminate_connections(bench: Bench, fleet: Fleet) -> list[FaultEvent]:
     """pg_terminate_backend on every connection to the bench database but ours."""
+    pending = bench.pending()
     with psycopg.connect(bench.db_url, autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
-    return [_recovery(bench, fleet)]
+    return [FaultEvent(pending, _recovery(bench, fleet))]
 
 
 def postgres_restart(command: list[str]) -> Fault:
-    def fault(bench: Bench, fleet: Fleet) -> list[float]:
+    def fault(bench: Bench, fleet: Fleet) -> list[FaultEvent]:
+        pending = bench.pending()
         subprocess.run(command, check=True, capture_output=True)
-        return [_recovery(bench, fleet)]
+        return [FaultEvent(pending, _recovery(bench, fleet))]
 
     return fault
 
@@ -113,11 +133,12 @@ def postgres_restart(command: list[str]) -> Fault:
 def broker_refuses(proxy: _ThreadedProxy, seconds: float) -> Fault:
     """Replicas reach the broker through `proxy`: cut, refuse connections, restore."""
 
-    def fault(bench: Bench, fleet: Fleet) -> list[float]:
+    def fault(bench: Bench, fleet: Fleet) -> list[FaultEvent]:
+        pending = bench.pending()
         proxy.cut()
         time.sleep(seconds)
         proxy.open()
-        return [_recovery(bench, fleet)]
+        return [FaultEvent(pending, _recovery(bench, fleet))]
 
     return fault
 
@@ -142,19 +163,21 @@ def _last_processed_at(bench: Bench) -> float:
         return float("-inf")  # the database is still coming back
 
 
-def run(bench: Bench, name: str, fault: Fault, spread: float, **overrides: str
+def run(bench: Bench, name: str, fault: Fault, stream: Stream, **overrides: str
         ) -> ScenarioResult:  # fmt: skip
     prefix = f"bench/chaos-{name}"
     bench.reset()
-    subscriber = VerifyingSubscriber(bench.broker.port, prefix, bench.work, persistent=True)
+    subscriber = VerifyingSubscriber(bench.broker.port, prefix, bench.work, persistent=True,
+                                     flags=True)  # fmt: skip
     fleet = Fleet(bench, REPLICAS, **overrides)
     try:
         wait_ready(fleet.replicas, READY_TIMEOUT)
         start = time.time() + LEAD
-        fire_at = {i: start + (i - 1) * spread / JOBS for i in range(1, JOBS + 1)}
+        fire_at = {i: start + (i - 1) * stream.spread / stream.jobs
+                   for i in range(1, stream.jobs + 1)}  # fmt: skip
         bench.load(prefix, fire_at)
-        time.sleep(max(0.0, start + min(FAULT_AT, spread / 4) - time.time()))
-        recoveries = fault(bench, fleet)
+        time.sleep(max(0.0, start + min(FAULT_AT, stream.spread / 4) - time.time()))
+        events = fault(bench, fleet)
         bench.wait_drained(timeout=180)
     except Exception:
         for replica in fleet.replicas:  # the work directory goes with the run: show why
@@ -163,23 +186,31 @@ def run(bench: Bench, name: str, fault: Fault, spread: float, **overrides: str
         raise
     finally:
         fleet.stop()
-    subscriber.wait_settled(JOBS, timeout=60)
+    subscriber.wait_settled(stream.jobs, timeout=60)
     delivery = check_delivery(fire_at, subscriber.stop())
+    in_stream = sum(1 for event in events if event.pending)
     notes = {
-        "spread_s": spread,
-        "faults": len(recoveries),
-        "duplicates_per_fault": round(delivery.duplicated / len(recoveries), 1),
-        "recovery_s": recoveries,
+        "spread_s": stream.spread,
+        "rate_per_s": round(stream.jobs / stream.spread),
+        "faults": len(events),
+        "faults_in_stream": in_stream,
+        "pending_at_fault": [event.pending for event in events],
+        # per fault that struck while rows were pending; the broker's re-sends not counted
+        "published_twice_per_fault": (
+            round(delivery.published_twice / in_stream, 1) if in_stream else float("nan")
+        ),
+        "recovery_s": [event.recovery_s for event in events],
     }
-    print(f"  chaos {name}: lost {delivery.lost}, duplicated {delivery.duplicated}, "
-          f"recovery {recoveries}", flush=True)  # fmt: skip
-    return ScenarioResult(f"chaos-{name}", REPLICAS, JOBS, 0, delivery, notes=notes)
+    print(f"  chaos {name}: lost {delivery.lost}, duplicated {delivery.duplicated} "
+          f"(published twice {delivery.published_twice}), faults in stream {in_stream}/"
+          f"{len(events)}, recovery {notes['recovery_s']}", flush=True)  # fmt: skip
+    return ScenarioResult(f"chaos-{name}", REPLICAS, stream.jobs, 0, delivery, notes=notes)
 
 
-def bystander(bench: Bench, hold: float) -> list[ScenarioResult]:
-    """A drain of 60,000 due rows without, then with, a transaction held open by another
+def bystander(bench: Bench, jobs: int, hold: float) -> list[ScenarioResult]:
+    """A drain of `jobs` due rows without, then with, a transaction held open by another
     session (it keeps vacuum from reclaiming the rows the drain marks). Reports the rate
-    and the replicas' mean claim time."""
+    and the replicas' claim times."""
     results = []
     for held in (False, True):
         name = "chaos-bystander-held" if held else "chaos-bystander-none"
@@ -190,23 +221,49 @@ def bystander(bench: Bench, hold: float) -> list[ScenarioResult]:
             _open_transaction(bench.db_url, hold if held else 0.0),
             bench.replicas(REPLICAS) as running,
         ):
-            fire_at = dict.fromkeys(range(1, JOBS + 1), time.time() - 1.0)
+            fire_at = dict.fromkeys(range(1, jobs + 1), time.time() - 1.0)
             loaded = bench.load(prefix, fire_at)
             bench.wait_drained(timeout=180)
             elapsed = bench.last_processed_at() - loaded
-            claim_ms = _mean_claim_ms(running)
-        subscriber.wait_settled(JOBS, timeout=60)
+            claims = _claim_times_ms(running)
+        subscriber.wait_settled(jobs, timeout=60)
         delivery = check_delivery(fire_at, subscriber.stop())
-        notes = {"transaction_held_s": hold if held else 0, "claim_ms_mean": claim_ms}
-        results.append(ScenarioResult(name, REPLICAS, JOBS, round(JOBS / elapsed), delivery,
+        notes = {"transaction_held_s": hold if held else 0, **claims}
+        results.append(ScenarioResult(name, REPLICAS, jobs, round(jobs / elapsed), delivery,
                                       notes=notes))  # fmt: skip
     return results
 
 
-def _mean_claim_ms(replicas: list[ReplicaProcess]) -> float:
-    total = sum(r.metric("jobpub_claim_duration_seconds_sum") for r in replicas)
-    count = sum(r.metric("jobpub_claim_duration_seconds_count") for r in replicas)
-    return round(1000 * total / count, 2) if count else float("nan")
+def _claim_times_ms(replicas: list[ReplicaProcess]) -> dict[str, float]:
+    """Mean, p50 and p99 claim time over all replicas, from their histograms."""
+    name = "jobpub_claim_duration_seconds"
+    total = sum(r.metric(f"{name}_sum") for r in replicas)
+    count = sum(r.metric(f"{name}_count") for r in replicas)
+    buckets: dict[float, float] = {}
+    for replica in replicas:
+        for bound, cumulative in replica.histogram(name).items():
+            buckets[bound] = buckets.get(bound, 0.0) + cumulative
+    return {
+        "claim_ms_mean": round(1000 * total / count, 2) if count else float("nan"),
+        "claim_ms_p50": round(1000 * histogram_quantile(0.50, buckets), 2),
+        "claim_ms_p99": round(1000 * histogram_quantile(0.99, buckets), 2),
+    }
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
+    """Prometheus's estimate: linear within the bucket the quantile falls in."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0.0
+    if not total:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / (buckets[bound] - below)
+        lower, below = bound, buckets[bound]
+    return lower
 
 
 @contextlib.contextmanager
@@ -271,31 +328,31 @@ def postgres_restart_command() -> list[str]:
             "-m", "fast"]  # fmt: skip
 
 
-def all_scenarios(bench: Bench, only: set[str] | None, spread: float = SPREAD
+def all_scenarios(bench: Bench, only: set[str] | None, stream: Stream
                   ) -> list[ScenarioResult]:  # fmt: skip
     def wanted(name: str) -> bool:
         return only is None or name in only
 
     results = []
     if wanted("replica-kills"):
-        results.append(run(bench, "replica-kills", replica_kills, spread))
+        results.append(run(bench, "replica-kills", replica_kills, stream))
     if wanted("broker-restart"):
-        results.append(run(bench, "broker-restart", broker_restart(hard=False), spread))
+        results.append(run(bench, "broker-restart", broker_restart(hard=False), stream))
     if wanted("broker-kill"):
-        results.append(run(bench, "broker-kill", broker_restart(hard=True), spread))
+        results.append(run(bench, "broker-kill", broker_restart(hard=True), stream))
     if wanted("pg-terminate"):
-        results.append(run(bench, "pg-terminate", terminate_connections, spread))
+        results.append(run(bench, "pg-terminate", terminate_connections, stream))
     if wanted("pg-restart"):
         results.append(
-            run(bench, "pg-restart", postgres_restart(postgres_restart_command()), spread)
+            run(bench, "pg-restart", postgres_restart(postgres_restart_command()), stream)
         )
     if wanted("broker-refuses"):
         proxy = _ThreadedProxy(bench.broker.port)
         try:
             refusal = broker_refuses(proxy, 10.0)
-            results.append(run(bench, "broker-refuses", refusal, spread, mqtt_url=proxy.url))
+            results.append(run(bench, "broker-refuses", refusal, stream, mqtt_url=proxy.url))
         finally:
             proxy.close()
     if wanted("bystander"):
-        results.extend(bystander(bench, 30.0))
+        results.extend(bystander(bench, stream.jobs, 30.0))
     return results

@@ -7,6 +7,7 @@ not jobpub's code: Mosquitto's own `mosquitto_sub`, printing each message's arri
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import os
@@ -54,7 +55,8 @@ class Delivery:
     expected: int
     received: int
     lost: int
-    duplicated: int
+    duplicated: int  # copies beyond the first, whoever sent them
+    published_twice: int  # of those, fresh copies: the job reached the broker again
     early: int
     lag_p50_ms: float
     lag_p95_ms: float
@@ -79,11 +81,24 @@ class ScenarioResult:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-class VerifyingSubscriber:
-    """`mosquitto_sub` at QoS 1 on `<prefix>/#`, one line per message: arrival, topic."""
+@dataclass
+class Arrivals:
+    """Each job's arrival times, and how many of its copies the broker marked DUP=1."""
 
-    def __init__(self, port: int, prefix: str, directory: Path, *, persistent: bool = False
-                 ) -> None:  # fmt: skip
+    times: dict[int, list[float]]
+    redelivered: collections.Counter[int]
+
+
+class VerifyingSubscriber:
+    """`mosquitto_sub` at QoS 1 on `<prefix>/#`, one line per message: arrival, topic.
+
+    `flags`: also read each PUBLISH's DUP flag from mosquitto_sub's debug lines, to tell
+    the broker re-sending a message to this subscriber (DUP=1, after a broker restart)
+    from a job published twice (two fresh copies).
+    """
+
+    def __init__(self, port: int, prefix: str, directory: Path, *, persistent: bool = False,
+                 flags: bool = False) -> None:  # fmt: skip
         self.prefix = prefix
         self.path = directory / f"{prefix.replace('/', '_')}.received"
         self._out = self.path.open("wb")
@@ -92,14 +107,18 @@ class VerifyingSubscriber:
         session = ["-c", "-i", f"verifier-{prefix.replace('/', '-')}"] if persistent else []
         self._process = subprocess.Popen(
             ["stdbuf", "-oL", binary, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5",
-             "-q", "1", "-t", f"{prefix}/#", "-F", "%U %t", *session],
+             "-q", "1", "-t", f"{prefix}/#", "-F", "%U %t", *session, *(["-d"] if flags else [])],
             stdout=self._out,
+            # With TZ unset, glibc stats /etc/localtime twice per message: a third of the
+            # verifier's system calls, on the cores the system under test needs.
+            env={**os.environ, "TZ": "UTC"},
         )  # fmt: skip
         time.sleep(0.3)  # mosquitto_sub has no "subscribed" signal; the broker is local
 
     def lines(self) -> int:
+        """Messages received so far (debug lines are not counted)."""
         with self.path.open("rb") as source:
-            return sum(1 for _ in source)
+            return sum(1 for line in source if line[:1].isdigit())
 
     def wait_settled(self, expected: int, timeout: float) -> None:
         """Until `expected` lines arrived, or nothing new came for 3 s, or `timeout`."""
@@ -115,27 +134,43 @@ class VerifyingSubscriber:
                 return
             time.sleep(0.1)
 
-    def stop(self) -> dict[int, list[float]]:
+    def stop(self) -> Arrivals:
         self._process.terminate()
         self._process.wait(timeout=10)
         self._out.close()
-        arrivals: dict[int, list[float]] = {}
+        arrivals = Arrivals({}, collections.Counter())
+        duplicate_flag = False  # from the debug line just before a message's own line
         for line in self.path.read_text().splitlines():
-            stamp, topic = line.split(" ", 1)
-            arrivals.setdefault(int(topic.rsplit("/", 1)[1]), []).append(float(stamp))
+            if line.startswith("Client "):
+                if " received PUBLISH (" in line:
+                    duplicate_flag = " received PUBLISH (d1," in line
+                continue
+            stamp, _, topic = line.partition(" ")
+            if not topic.startswith(f"{self.prefix}/"):
+                continue  # another debug line ("Subscribed (mid: 1): 1")
+            job_id = int(topic.rsplit("/", 1)[1])
+            arrivals.times.setdefault(job_id, []).append(float(stamp))
+            if duplicate_flag:
+                arrivals.redelivered[job_id] += 1
         return arrivals
 
 
-def check_delivery(fire_at: dict[int, float], arrivals: dict[int, list[float]]) -> Delivery:
-    """Every job arrived? How often, and how long after its fire_at (early counts < 0)?"""
+def check_delivery(fire_at: dict[int, float], arrivals: Arrivals) -> Delivery:
+    """Every job arrived? How often, and how long after its fire_at (early counts < 0)?
+
+    A job's copies beyond the first are duplicates. Those are split by who sent them:
+    `published_twice` counts fresh copies (DUP=0) beyond one, so the job reached the
+    broker more than once; the rest are the broker re-sending to this subscriber.
+    """
     lags = []
-    early = duplicated = lost = 0
+    early = duplicated = published_twice = lost = 0
     for job_id, due in fire_at.items():
-        times = arrivals.get(job_id)
+        times = arrivals.times.get(job_id)
         if not times:
             lost += 1
             continue
         duplicated += len(times) - 1
+        published_twice += max(0, len(times) - arrivals.redelivered[job_id] - 1)
         first = min(times)
         if first < due:
             early += 1
@@ -147,9 +182,10 @@ def check_delivery(fire_at: dict[int, float], arrivals: dict[int, list[float]]) 
 
     return Delivery(
         expected=len(fire_at),
-        received=sum(len(t) for t in arrivals.values()),
+        received=sum(len(t) for t in arrivals.times.values()),
         lost=lost,
         duplicated=duplicated,
+        published_twice=published_twice,
         early=early,
         lag_p50_ms=pct(0.50),
         lag_p95_ms=pct(0.95),
@@ -189,6 +225,19 @@ class ReplicaProcess:
                 if line.startswith(name + " "):
                     return float(line.split()[1])
         return 0.0
+
+    def histogram(self, name: str) -> dict[float, float]:
+        """A histogram's cumulative bucket counts by upper bound (`le`)."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.http_port}/metrics", timeout=5
+        ) as response:
+            text = response.read().decode()
+        buckets = {}
+        for line in text.splitlines():
+            if line.startswith(f'{name}_bucket{{le="'):
+                bound = line.split('"')[1]
+                buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+        return buckets
 
     def _cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
