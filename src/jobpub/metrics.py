@@ -5,8 +5,15 @@ No label carries a topic or a job id: their number is unbounded.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
                300, 3600)  # fmt: skip
@@ -15,6 +22,38 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class BatchHistogram(Collector):
+    """A histogram fed a whole batch of observations in one call.
+
+    prometheus_client's Histogram takes a lock and scans its buckets for every value:
+    per published job, that was 7% of a replica's CPU in a drain. The daemon is one
+    asyncio thread and /metrics is served on the same loop, so no lock is needed.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = sorted(buckets)
+        self._counts = [0] * (len(self._bounds) + 1)  # the last one is +Inf
+        self._sum = 0.0
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        counts, bounds = self._counts, self._bounds
+        total = 0.0
+        for value in values:
+            counts[bisect.bisect_left(bounds, value)] += 1  # the first bucket with le >= value
+            total += value
+        self._sum += total
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative = list(itertools.accumulate(self._counts))
+        labels = [*map(floatToGoString, self._bounds), "+Inf"]
+        buckets = list(zip(labels, cumulative, strict=True))
+        yield HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=self._sum
+        )
 
 
 class Metrics:
@@ -38,12 +77,12 @@ class Metrics:
             "Claimed jobs given back unpublished (broker connection lost, shutdown).",
             registry=r,
         )
-        self.lag = Histogram(
+        self.lag = BatchHistogram(
             "jobpub_publish_lag_seconds",
             "Time from a job's fire_at to its publish (database clock).",
-            buckets=LAG_BUCKETS,
-            registry=r,
+            LAG_BUCKETS,
         )
+        r.register(self.lag)
         self.batch_size = Histogram(
             "jobpub_batch_size", "Jobs per claimed batch.", buckets=BATCH_BUCKETS, registry=r
         )

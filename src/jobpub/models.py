@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
+class Job(NamedTuple):
     """A claimed row. `due_in` is `fire_at - now()` in seconds on the database clock.
 
     `version` is the row version claimed (its xmin): changed means updated since.
+    A NamedTuple, not a dataclass: `Job._make(row)` builds one from a database row at
+    a third of a frozen dataclass's cost, and a claim builds a thousand at a time.
     """
 
     id: int

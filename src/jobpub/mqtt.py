@@ -90,6 +90,8 @@ class ConnAck:
 
 
 def encode_varint(value: int) -> bytes:
+    if value < 0x80:  # every remaining length below 128 bytes: most PUBLISH packets
+        return bytes((value,))
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -128,7 +130,8 @@ def topic_problem(topic: str) -> str | None:
     """Why MQTT forbids publishing to this topic, or None if it may be published."""
     if not topic:
         return "topic is empty"
-    if len(topic.encode()) > 65535:
+    # UTF-8 takes at most 4 bytes a character: only a long topic needs encoding to measure.
+    if len(topic) > 16383 and len(topic.encode()) > 65535:
         return "topic is longer than 65,535 bytes"
     if "+" in topic or "#" in topic:
         return "topic contains a wildcard (+ or #)"
@@ -192,6 +195,9 @@ def _reason_text(code: int, reason_string: object) -> str:
     return f"broker refused the message: {name} (0x{code:02x}){detail}"
 
 
+_JOB_ID_PAIR_KEY: Final = b"\x26" + _string(JOB_ID_PROPERTY)  # user property, its key
+
+
 class _Batch:
     """One publish() call: its messages, their outcomes, and the future that returns them."""
 
@@ -235,7 +241,8 @@ class MqttConnection(asyncio.Protocol):
         self._limits = ConnAck()
         self._window = inflight_limit
         self._inflight: dict[int, _InFlight] = {}  # insertion order = send order
-        self._waiting: collections.deque[tuple[_Batch, int]] = collections.deque()
+        # Encoded messages waiting for room in the window: batch, index, head, tail.
+        self._waiting: collections.deque[tuple[_Batch, int, bytes, bytes]] = collections.deque()
         self._next_packet_id = 1
         self._writing_paused = False
         self._broker_reason = ""
@@ -310,12 +317,13 @@ class MqttConnection(asyncio.Protocol):
             for index in range(len(jobs)):
                 batch.settle(index, Outcome(Delivery.NOT_SENT, "broker_down", "not connected"))
             return batch.future
+        waiting = self._waiting
         for index, job in enumerate(jobs):
-            problem = self._refusal(job)
-            if problem is None:
-                self._waiting.append((batch, index))
+            encoded = self._encode_publish(job)
+            if isinstance(encoded, Outcome):
+                batch.settle(index, encoded)
             else:
-                batch.settle(index, Outcome(Delivery.REJECTED, problem[0], problem[1]))
+                waiting.append((batch, index, *encoded))
         self._fill_window()
         return batch.future
 
@@ -338,50 +346,46 @@ class MqttConnection(asyncio.Protocol):
 
     # -- internals ----------------------------------------------------------------
 
-    def _refusal(self, job: Job) -> tuple[str, str] | None:
+    def _encode_publish(self, job: Job) -> tuple[bytes, bytes] | Outcome:
+        """The PUBLISH packet for `job` in two parts, to be written with its packet id
+        (QoS 1/2) between them; or why it can never be published (a REJECTED outcome).
+
+        Encoded once, here: its real size is what the broker's limit is checked against.
+        """
         problem = topic_problem(job.topic)
         if problem is not None:
-            return "invalid_topic", problem
-        if job.qos not in (0, 1, 2):
-            return "invalid_qos", f"qos {job.qos} is not 0, 1 or 2"
-        if job.qos > self._limits.maximum_qos:
-            return "qos_not_supported", f"broker supports QoS up to {self._limits.maximum_qos}"
-        if job.retain and not self._limits.retain_available:
-            return "retain_not_supported", "broker does not support retained messages"
-        size = self._packet_size(
-            len(job.topic.encode()), len(job.payload.encode()), job.qos, job.id
-        )
-        if size > self._limits.maximum_packet_size:
-            return (
-                "packet_too_large",
-                f"message is {size} bytes; the broker accepts at most "
-                f"{self._limits.maximum_packet_size}",
+            return Outcome(Delivery.REJECTED, "invalid_topic", problem)
+        qos = job.qos
+        if qos not in (0, 1, 2):
+            return Outcome(Delivery.REJECTED, "invalid_qos", f"qos {qos} is not 0, 1 or 2")
+        limits = self._limits
+        if qos > limits.maximum_qos:
+            return Outcome(
+                Delivery.REJECTED,
+                "qos_not_supported",
+                f"broker supports QoS up to {limits.maximum_qos}",
             )
-        return None
-
-    def _packet_size(self, topic_size: int, payload_size: int, qos: int, job_id: int) -> int:
-        body = 2 + topic_size + (2 if qos else 0) + payload_size
+        if job.retain and not limits.retain_available:
+            return Outcome(
+                Delivery.REJECTED,
+                "retain_not_supported",
+                "broker does not support retained messages",
+            )
+        topic = _string(job.topic.encode())
+        tail = job.payload.encode()
         if self.version == PROTOCOL_V5:
-            body += self._properties_size(job_id)
-        return 1 + len(encode_varint(body)) + body
-
-    @staticmethod
-    def _properties_size(job_id: int) -> int:
-        pair = 1 + 2 + len(JOB_ID_PROPERTY) + 2 + len(str(job_id))
-        return len(encode_varint(pair)) + pair
-
-    def _encode_publish(self, job: Job, packet_id: int) -> bytes:
-        topic = job.topic.encode()
-        payload = job.payload.encode()
-        header = 0x30 | job.qos << 1 | job.retain
-        variable = _string(topic)
-        if job.qos:
-            variable += packet_id.to_bytes(2)
-        if self.version == PROTOCOL_V5:
-            value = str(job.id).encode()
-            pair = b"\x26" + _string(JOB_ID_PROPERTY) + _string(value)
-            variable += encode_varint(len(pair)) + pair
-        return bytes([header]) + encode_varint(len(variable) + len(payload)) + variable + payload
+            pair = _JOB_ID_PAIR_KEY + _string(str(job.id).encode())
+            tail = encode_varint(len(pair)) + pair + tail
+        remaining = len(topic) + (2 if qos else 0) + len(tail)
+        head = bytes((0x30 | qos << 1 | job.retain,)) + encode_varint(remaining) + topic
+        size = len(head) + remaining - len(topic)
+        if size > limits.maximum_packet_size:
+            return Outcome(
+                Delivery.REJECTED,
+                "packet_too_large",
+                f"message is {size} bytes; the broker accepts at most {limits.maximum_packet_size}",
+            )
+        return head, tail
 
     def _allocate_packet_id(self) -> int:
         packet_id = self._next_packet_id
@@ -397,16 +401,16 @@ class MqttConnection(asyncio.Protocol):
             return
         chunks: list[bytes] = []
         written_qos0: list[tuple[_Batch, int]] = []
-        while self._waiting and len(self._inflight) < self._window:
-            batch, index = self._waiting.popleft()
-            job = batch.jobs[index]
-            if job.qos == 0:
-                chunks.append(self._encode_publish(job, 0))
+        waiting, inflight = self._waiting, self._inflight
+        while waiting and len(inflight) < self._window:
+            batch, index, head, tail = waiting.popleft()
+            if batch.jobs[index].qos == 0:
+                chunks += (head, tail)
                 written_qos0.append((batch, index))
                 continue
             packet_id = self._allocate_packet_id()
-            self._inflight[packet_id] = _InFlight(batch, index)
-            chunks.append(self._encode_publish(job, packet_id))
+            inflight[packet_id] = _InFlight(batch, index)
+            chunks += (head, packet_id.to_bytes(2), tail)
         transport.write(b"".join(chunks))
         for batch, index in written_qos0:
             batch.settle(index, PUBLISHED)
@@ -523,5 +527,5 @@ class MqttConnection(asyncio.Protocol):
             entry.batch.settle(entry.index, outcome)
         self._inflight.clear()
         while self._waiting:
-            batch, index = self._waiting.popleft()
+            batch, index, _, _ = self._waiting.popleft()
             batch.settle(index, Outcome(Delivery.NOT_SENT, "connection_lost", reason))

@@ -193,10 +193,11 @@ class Relay:
             now = time.monotonic()
             end = start
             while end < len(jobs) and origin + jobs[end].due_in <= now:
-                lag.observe(now - origin - jobs[end].due_in)
                 end += 1
             if end > start:
-                pending.append(self._publisher.publish(jobs[start:end]))
+                ready = jobs[start:end]
+                lag.observe_many([now - origin - job.due_in for job in ready])
+                pending.append(self._publisher.publish(ready))
                 start = end
             else:
                 await asyncio.sleep(origin + jobs[start].due_in - now)

@@ -265,7 +265,7 @@ class PostgresStore:
                 await _discard(self._pool, connection)
                 raise
         self._metrics.claim_duration.observe(claimed_at - started)
-        jobs = [Job(*row) for row in rows]
+        jobs = list(map(Job._make, rows))
         return ClaimedBatch(
             pool=self._pool,
             url=self._url,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 
+from jobpub.models import PUBLISHED, Job
 from jobpub.mqtt import (
     PROTOCOL_V5,
     PROTOCOL_V311,
+    MqttConnection,
     decode_properties,
     encode_connect,
     encode_varint,
@@ -67,3 +72,48 @@ def test_topics_mqtt_forbids(topic: str, problem: str) -> None:
 @pytest.mark.parametrize("topic", ["a", "home/valve/7", "$delayed/10/x", "a//b", "/", "ü/日本"])
 def test_topics_mqtt_allows(topic: str) -> None:
     assert topic_problem(topic) is None
+
+
+@pytest.mark.parametrize(
+    ("version", "connack", "qos1_packet", "qos0_retained_packet"),
+    [
+        (
+            PROTOCOL_V5,
+            b"\x20\x03\x00\x00\x00",  # success, no properties
+            # PUBLISH qos 1, remaining 30: topic "a/b", packet id 1, property block of
+            # 20 bytes (user property jobpub-job-id = "42"), payload "hi"
+            b"\x32\x1e\x00\x03a/b\x00\x01\x14\x26\x00\x0djobpub-job-id\x00\x0242hi",
+            # PUBLISH qos 0 + retain, remaining 25: no packet id, job id "7", no payload
+            b"\x31\x19\x00\x03a/c\x13\x26\x00\x0djobpub-job-id\x00\x017",
+        ),
+        (
+            PROTOCOL_V311,
+            b"\x20\x02\x00\x00",
+            b"\x32\x09\x00\x03a/b\x00\x01hi",
+            b"\x31\x05\x00\x03a/c",
+        ),
+    ],
+)
+async def test_publish_packets_on_the_wire(
+    version: int, connack: bytes, qos1_packet: bytes, qos0_retained_packet: bytes
+) -> None:
+    loop = asyncio.get_running_loop()
+    ours, broker = socket.socketpair()
+    broker.setblocking(False)
+    _, connection = await loop.create_connection(lambda: MqttConnection(version, 10), sock=ours)
+    try:
+        await loop.sock_sendall(broker, connack)
+        await connection.connack
+        sent = connection.publish(
+            [Job(42, "a/b", "hi", 1, False, 0.0), Job(7, "a/c", "", 0, True, 0.0)]
+        )
+        expected = qos1_packet + qos0_retained_packet
+        received = b""
+        while len(received) < len(expected):
+            received += await loop.sock_recv(broker, 4096)
+        assert received == expected
+        await loop.sock_sendall(broker, b"\x40\x02\x00\x01")  # PUBACK for packet id 1
+        assert await sent == [PUBLISHED, PUBLISHED]
+    finally:
+        connection.abort("test over")
+        broker.close()

@@ -105,12 +105,19 @@ async def run_for(relay: Relay, seconds: float) -> None:
 async def test_each_job_goes_out_no_earlier_than_its_time() -> None:
     batch = FakeBatch([job(1, -5.0), job(2, 0.0), job(3, 0.05), job(4, 0.12)])
     publisher = FakePublisher()
-    relay = Relay(FakeSource(batch), publisher, Metrics(), config())
+    metrics = Metrics()
+    relay = Relay(FakeSource(batch), publisher, metrics, config())
     await run_until(relay, lambda: batch.settled is not None, "the batch settled")
     assert [j.id for _, j in publisher.sent] == [1, 2, 3, 4]
     for sent_at, sent in publisher.sent:
         assert sent_at >= batch.claimed_at + sent.due_in
     assert batch.settled == [PUBLISHED] * 4
+
+    def lag_bucket(le: str) -> float | None:
+        return metrics.registry.get_sample_value("jobpub_publish_lag_seconds_bucket", {"le": le})
+
+    assert lag_bucket("2.5") == 3  # on time
+    assert lag_bucket("10.0") == 4  # and the one 5 s overdue
 
 
 async def test_nothing_is_claimed_while_the_broker_is_down() -> None:

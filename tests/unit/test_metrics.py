@@ -1,0 +1,34 @@
+"""Metrics our own code computes (the rest is prometheus_client's)."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from jobpub.metrics import BatchHistogram, Metrics
+
+
+def test_batch_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    registry = CollectorRegistry()
+    histogram = BatchHistogram("t_lag_seconds", "test", (0.01, 0.1, 1.0))
+    registry.register(histogram)
+    histogram.observe_many([0.005, 0.01, 0.05])
+    histogram.observe_many([0.5, 7.0])
+
+    def bucket(le: str) -> float | None:
+        return registry.get_sample_value("t_lag_seconds_bucket", {"le": le})
+
+    assert bucket("0.01") == 2  # le: a value on the bound counts in that bucket
+    assert bucket("0.1") == 3
+    assert bucket("1.0") == 4
+    assert bucket("+Inf") == 5
+    assert registry.get_sample_value("t_lag_seconds_count") == 5
+    assert registry.get_sample_value("t_lag_seconds_sum") == pytest.approx(7.565)
+
+
+def test_lag_is_exposed_in_the_text_format() -> None:
+    metrics = Metrics()
+    metrics.lag.observe_many([0.002])
+    text = metrics.render().decode()
+    assert 'jobpub_publish_lag_seconds_bucket{le="0.0025"} 1.0' in text
+    assert "jobpub_publish_lag_seconds_count 1.0" in text
