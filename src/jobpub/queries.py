@@ -15,12 +15,10 @@ from typing import Final, LiteralString
 # which halves the dead tuples a queue table makes. The locks live as long as the
 # transaction that publishes the batch; a replica that dies releases them with its
 # connection. Due is judged by the database clock; `lookahead` lets the replica hold
-# rows due very soon and publish each at its own time. Rows outside this replica's
-# partition are taken too once overdue by `takeover_delay`, so a dead partner's share
-# still fires. `due_in` is fire_at - now() in seconds; an infinite fire_at left from
-# before the constraint (`-infinity` is due; `infinity` never is) counts as due now,
-# since PostgreSQL cannot subtract it.
-CLAIM_DUE_JOBS: Final[LiteralString] = """
+# rows due very soon and publish each at its own time. `due_in` is fire_at - now() in
+# seconds; an infinite fire_at left from before the constraint (`-infinity` is due;
+# `infinity` never is) counts as due now, since PostgreSQL cannot subtract it.
+_CLAIM_COLUMNS: Final[LiteralString] = """
 SELECT id, topic, payload::text, qos, retain,
        CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
             ELSE 0 END AS due_in,
@@ -29,13 +27,35 @@ FROM jobs
 WHERE NOT processed AND failed_at IS NULL
   AND fire_at <= now() + make_interval(secs => %(lookahead)s)
   AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-  AND (%(consumer_count)s::int = 1
-       OR id %% %(consumer_count)s::int = %(consumer_index)s::int
-       OR fire_at <= now() - make_interval(secs => %(takeover_delay)s))
+"""
+_CLAIM_OLDEST: Final[LiteralString] = """
 ORDER BY fire_at, id
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 """
+
+# The oldest due rows of all. Rows outside this replica's static partition are taken
+# too once overdue by `takeover_delay`, so a dead partner's share still fires.
+CLAIM_DUE_JOBS: Final[LiteralString] = (
+    _CLAIM_COLUMNS
+    + """  AND (%(consumer_count)s::int = 1
+       OR id %% %(consumer_count)s::int = %(consumer_index)s::int
+       OR fire_at <= now() - make_interval(secs => %(takeover_delay)s))"""
+    + _CLAIM_OLDEST
+)
+
+# Under a backlog, claims that all start at the head of jobs_pending_fire_at_idx step
+# over every row the others hold locked, a heap visit and a lock attempt each: with 4
+# replicas with 2 batches each in flight, 7 rows skipped per row claimed, and a third of
+# PostgreSQL's CPU in a 4-replica drain (measured). jobs_pending_lane_idx (migration
+# 0004) splits pending rows into LANES lanes by id, so a claim under a backlog takes the
+# oldest due rows of one lane, and claims in flight at once mostly hold different lanes.
+# Order holds within a lane; across lanes it may differ by a few batches. Same due
+# predicate as above: never early. The 16 must match the index expression.
+LANES: Final = 16
+CLAIM_DUE_JOBS_IN_LANE: Final[LiteralString] = (
+    _CLAIM_COLUMNS + "  AND id %% 16 = %(lane)s::bigint" + _CLAIM_OLDEST
+)
 
 # Run first in every claim's transaction. The claim wants one plan only: walk
 # jobs_pending_fire_at_idx in order and stop after `limit` rows. When statistics are stale

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,34 @@ class ClaimQuery:
             "consumer_index": self.consumer_index,
             "takeover_delay": self.takeover_delay,
         }
+
+
+class LanePicker:
+    """Which lane, if any, the next claim takes (see queries.CLAIM_DUE_JOBS_IN_LANE).
+
+    Only under a backlog (the last claim was full) and with no static partition. A
+    replica starts at a random lane and moves one lane on per claim, so its own claims
+    never share a lane and other replicas' rarely do. A lane that comes back short is
+    nearly drained: the claim falls back to all lanes, and lanes rest for a round.
+    """
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._enabled = enabled
+        self._next = random.randrange(queries.LANES)  # noqa: S311 - spreading, not secrecy
+        self._resting = 0  # claims to make over all lanes before trying lanes again
+        self.backlog = False
+
+    def pick(self) -> int | None:
+        if not (self._enabled and self.backlog):
+            return None
+        if self._resting:
+            self._resting -= 1
+            return None
+        lane, self._next = self._next, (self._next + 1) % queries.LANES
+        return lane
+
+    def rest(self) -> None:
+        self._resting = queries.LANES
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +251,7 @@ class PostgresStore:
             consumer_index=settings.consumer_index,
             takeover_delay=settings.takeover_delay,
         )
+        self._lanes = LanePicker(enabled=settings.consumer_count == 1)
         self._listen_error = ""  # the last listen failure logged
         self._retry = RetryPolicy(
             settings.max_attempts, settings.retry_backoff, settings.retry_backoff_max
@@ -252,9 +282,15 @@ class PostgresStore:
                 raise PoolTimeout(f"{exc}; {await self._connect_error()}") from exc
             try:
                 async with connection.cursor() as cursor:
-                    await cursor.execute(queries.CLAIM_PLAN)
-                    await cursor.execute(queries.CLAIM_DUE_JOBS, self._claim.params())
-                    rows = await cursor.fetchall()
+                    lane = self._lanes.pick()
+                    rows = await self._claim_rows(cursor, lane)
+                    if lane is not None and len(rows) < self._claim.limit:
+                        # This lane is nearly drained: give its rows back and take the
+                        # oldest of all lanes, so a backlog never looks like its end.
+                        await connection.rollback()
+                        self._lanes.rest()
+                        rows = await self._claim_rows(cursor, None)
+                    self._lanes.backlog = len(rows) >= self._claim.limit
                     claimed_at = time.monotonic()
                     next_wake_in = None
                     if len(rows) < self._claim.limit:
@@ -275,6 +311,18 @@ class PostgresStore:
             next_wake_in=next_wake_in,
             retry=self._retry,
         )
+
+    async def _claim_rows(
+        self, cursor: psycopg.AsyncCursor[Any], lane: int | None
+    ) -> list[tuple[Any, ...]]:
+        await cursor.execute(queries.CLAIM_PLAN)
+        if lane is None:
+            await cursor.execute(queries.CLAIM_DUE_JOBS, self._claim.params())
+        else:
+            await cursor.execute(
+                queries.CLAIM_DUE_JOBS_IN_LANE, {**self._claim.params(), "lane": lane}
+            )
+        return await cursor.fetchall()
 
     async def _connect_error(self) -> str:
         """Why the pool has no connection: its own attempts log nothing we can show."""

@@ -157,15 +157,60 @@ async def test_claim_reads_the_index_in_order_even_when_statistics_are_stale(db:
     await db.execute("ANALYZE jobs")
     await insert_due(db, 20_000)
     params = {"limit": 1000, "lookahead": 0.05, "consumer_count": 1, "consumer_index": 0,
-              "takeover_delay": 30.0}  # fmt: skip
-    async with db.transaction(force_rollback=True):
-        await db.execute(queries.CLAIM_PLAN)
-        cursor = await db.execute("EXPLAIN (FORMAT JSON) " + queries.CLAIM_DUE_JOBS, params)
-        row = await cursor.fetchone()
-    assert row is not None
-    plan = json.dumps(row[0])
-    assert "jobs_pending_fire_at_idx" in plan, plan
-    assert '"Node Type": "Sort"' not in plan, plan
+              "takeover_delay": 30.0, "lane": 3}  # fmt: skip
+    for claim, index in [
+        (queries.CLAIM_DUE_JOBS, "jobs_pending_fire_at_idx"),
+        (queries.CLAIM_DUE_JOBS_IN_LANE, "jobs_pending_lane_idx"),
+    ]:
+        async with db.transaction(force_rollback=True):
+            await db.execute(queries.CLAIM_PLAN)
+            cursor = await db.execute("EXPLAIN (FORMAT JSON) " + claim, params)
+            row = await cursor.fetchone()
+        assert row is not None
+        plan = json.dumps(row[0])
+        assert index in plan, plan
+        assert '"Node Type": "Sort"' not in plan, plan
+
+
+async def test_under_a_backlog_claims_take_the_oldest_rows_of_one_lane(
+    db_url: str, db: Conn
+) -> None:
+    await insert_due(db, 200)  # ids 1-200, one fire_at: the oldest are the lowest ids
+    async with opened_store(db_url, batch_size=5) as store:
+        first = await store.claim()  # no backlog seen yet: the oldest of all
+        assert [job.id for job in first.jobs] == [1, 2, 3, 4, 5]
+        second = await store.claim()  # the last claim was full: one lane
+        lane = second.jobs[0].id % queries.LANES
+        lane_rows = [i for i in range(6, 201) if i % queries.LANES == lane]
+        assert [job.id for job in second.jobs] == lane_rows[:5]
+        third = await store.claim()  # the next lane
+        assert {job.id % queries.LANES for job in third.jobs} == {(lane + 1) % queries.LANES}
+        for batch in (first, second, third):
+            await batch.release()
+
+
+async def test_a_nearly_drained_lane_gives_way_to_the_oldest_rows_of_all(
+    db_url: str, db: Conn
+) -> None:
+    await insert_due(db, 20)  # at most 2 rows in any lane
+    async with opened_store(db_url, batch_size=5) as store:
+        batches = [await store.claim() for _ in range(3)]
+        # the second claim tried a lane, found it short, and took the oldest instead
+        assert [[job.id for job in b.jobs] for b in batches] == [
+            [1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15],
+        ]  # fmt: skip
+        for batch in batches:
+            await batch.release()
+
+
+async def test_a_static_partition_claims_in_order_without_lanes(db_url: str, db: Conn) -> None:
+    await insert_due(db, 200)
+    async with opened_store(db_url, batch_size=5, consumer_count=2, consumer_index=0) as store:
+        first, second = await store.claim(), await store.claim()
+        assert [job.id for job in first.jobs] == [2, 4, 6, 8, 10]
+        assert [job.id for job in second.jobs] == [12, 14, 16, 18, 20]
+        await first.release()
+        await second.release()
 
 
 async def test_claim_takes_due_rows_in_order_and_never_future_ones(db_url: str, db: Conn) -> None:
