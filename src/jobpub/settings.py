@@ -143,7 +143,11 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"  # noqa: S104 - the daemon runs in a container; scrape from outside
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
 
-    batch_size: Annotated[int, Field(ge=1, le=50_000)] = 1000
+    # Rows per claim. A replica that dies mid-batch leaves what it had sent but not yet
+    # committed to be published again: up to batch_size x concurrency rows. 250 x 2
+    # still drains well above 20,000 jobs/s with one replica on 2 cores (README,
+    # Performance); 1,000 x 2 was about 10% faster with four times the exposure.
+    batch_size: Annotated[int, Field(ge=1, le=50_000)] = 250
     concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     poll_interval: PositiveSeconds = 5.0
     lookahead: Annotated[float, Field(ge=0, le=10)] = 0.05
