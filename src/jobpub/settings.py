@@ -150,7 +150,11 @@ class Settings(BaseSettings):
     batch_size: Annotated[int, Field(ge=1, le=50_000)] = 250
     concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     poll_interval: PositiveSeconds = 5.0
-    lookahead: Annotated[float, Field(ge=0, le=10)] = 0.05
+    # Seconds: claim rows due this soon, hold them, publish each at its time. A batch
+    # commits after its last row, so its first rows wait up to this long exposed to a
+    # crash. 20 ms kept on-time p99 at 3.3-3.8 ms (as 50 ms did) and cut a killed
+    # replica's duplicates at 6,000 jobs/s from 54 to 17-31 (bench on-time, bench chaos).
+    lookahead: Annotated[float, Field(ge=0, le=10)] = 0.02
     consumer_count: Annotated[int, Field(ge=1)] = 1
     consumer_index: Annotated[int, Field(ge=0)] = 0
     takeover_delay: PositiveSeconds = 30.0
