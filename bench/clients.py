@@ -44,7 +44,8 @@ def compare(port: int, count: int, repeat: int) -> list[ScenarioResult]:
             asyncio.run(_aiomqtt(port, "bench/clients/aiomqtt", count)) for _ in range(repeat)
         ],
         "client-jobpub-batch-1000": [
-            run_ceiling(port, "bench/clients/jobpub", range(count)) for _ in range(repeat)
+            run_ceiling(port, "bench/clients/jobpub", range(count), connections=1)
+            for _ in range(repeat)
         ],
     }
     return [
