@@ -187,8 +187,10 @@ def run(bench: Bench, name: str, fault: Fault, stream: Stream, **overrides: str
     finally:
         fleet.stop()
     subscriber.wait_settled(stream.jobs, timeout=60)
-    delivery = check_delivery(fire_at, subscriber.stop())
+    arrivals = subscriber.stop()
+    delivery = check_delivery(fire_at, arrivals)
     in_stream = sum(1 for event in events if event.pending)
+    lost = [job_id for job_id in fire_at if job_id not in arrivals.times]
     notes = {
         "spread_s": stream.spread,
         "rate_per_s": round(stream.jobs / stream.spread),
@@ -200,6 +202,9 @@ def run(bench: Bench, name: str, fault: Fault, stream: Stream, **overrides: str
             round(delivery.published_twice / in_stream, 1) if in_stream else float("nan")
         ),
         "recovery_s": [event.recovery_s for event in events],
+        # jobpub marks a row only after the broker's PUBACK: a lost job whose row is
+        # marked was acknowledged by the broker, and lost after that.
+        "lost_after_broker_ack": bench.processed_among(lost),
     }
     print(f"  chaos {name}: lost {delivery.lost}, duplicated {delivery.duplicated} "
           f"(published twice {delivery.published_twice}), faults in stream {in_stream}/"

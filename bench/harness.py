@@ -330,6 +330,14 @@ class Bench:
             row = conn.execute("SELECT extract(epoch FROM max(processed_at)) FROM jobs").fetchone()
             return float(row[0]) if row and row[0] is not None else float("nan")
 
+    def processed_among(self, ids: list[int]) -> int:
+        """How many of these rows are marked processed."""
+        with psycopg.connect(self.db_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM jobs WHERE id = ANY(%s) AND processed", (ids,)
+            ).fetchone()
+            return int(row[0]) if row else 0
+
     def pending(self) -> int:
         with psycopg.connect(self.db_url) as conn:
             row = conn.execute("SELECT count(*) FROM jobs WHERE NOT processed").fetchone()
