@@ -56,9 +56,13 @@ say "virtualenv"
 .venv/bin/python -m pip install -q -e '.[dev,bench]'
 export PATH="$PWD/.venv/bin:$PATH"
 
-say "ruff";          ruff check src tests bench && ruff format --check src tests bench
+# One command per line: `set -e` ignores a failure on the left of `&&`, which let a
+# ruff error pass before.
+say "ruff";          ruff check src tests bench
+                     ruff format --check src tests bench
 say "mypy";          mypy
 say "import-linter"; lint-imports
 say "hadolint";      hadolint Dockerfile
-say "compose";       docker-compose config -q && echo "docker-compose.yml is valid"
+say "compose";       docker-compose config -q
+                     echo "docker-compose.yml is valid"
 say "pytest";        pytest "$@"

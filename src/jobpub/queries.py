@@ -14,8 +14,9 @@ from typing import Final, LiteralString
 # is unnecessary here, and claiming makes no new row version (the lock is recorded in
 # the row's header): the row's one update is the mark, which halves the dead tuples a
 # queue table makes. The locks live as long as the transaction that publishes the
-# batch; a replica that dies releases them with its connection. Due is judged by the database clock; `lookahead` lets the replica hold
-# rows due very soon and publish each at its own time. `due_in` is fire_at - now() in
+# batch; a replica that dies releases them with its connection. Due is judged by the
+# database clock; `lookahead` lets the replica hold rows due very soon and publish each
+# at its own time. `due_in` is fire_at - now() in
 # seconds; an infinite fire_at left from before the constraint (`-infinity` is due;
 # `infinity` never is) counts as due now, since PostgreSQL cannot subtract it.
 _CLAIM_COLUMNS: Final[LiteralString] = """
