@@ -16,9 +16,9 @@ from typing import Final, LiteralString
 # queue table makes. The locks live as long as the transaction that publishes the
 # batch; a replica that dies releases them with its connection. Due is judged by the
 # database clock; `lookahead` lets the replica hold rows due very soon and publish each
-# at its own time. `due_in` is fire_at - now() in
-# seconds; an infinite fire_at left from before the constraint (`-infinity` is due;
-# `infinity` never is) counts as due now, since PostgreSQL cannot subtract it.
+# at its own time. `due_in` is fire_at - now() in seconds; an infinite fire_at left from
+# before the constraint (`-infinity` is due; `infinity` never is) counts as due now,
+# since PostgreSQL cannot subtract it.
 _CLAIM_COLUMNS: Final[LiteralString] = """
 SELECT id, topic, payload::text, qos, retain,
        CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
