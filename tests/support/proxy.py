@@ -30,12 +30,23 @@ class Proxy:
         self._links.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Known from the start, so a cut() or close() while this connects upstream reaches
+        # it: before, such a connection outlived the proxy and leaked its socket.
+        self._links.add(writer)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._pumps.add(handler)
+            handler.add_done_callback(self._pumps.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
-            writer.close()
+            writer.transport.abort()
+            self._links.discard(writer)
             return
-        self._links.update((writer, up_writer))
+        if writer.transport.is_closing():  # cut while connecting upstream
+            up_writer.transport.abort()
+            return
+        self._links.add(up_writer)
         for source, sink in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self._pump(source, sink), name="proxy-pump")
             self._pumps.add(task)
