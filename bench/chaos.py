@@ -243,11 +243,11 @@ def _claim_times_ms(replicas: list[ReplicaProcess]) -> dict[str, float]:
     """Mean, p50 and p99 claim time over all replicas, from their histograms."""
     name = "jobpub_claim_duration_seconds"
     total = sum(r.metric(f"{name}_sum") for r in replicas)
-    count = sum(r.metric(f"{name}_count") for r in replicas)
     buckets: dict[float, float] = {}
     for replica in replicas:
         for bound, cumulative in replica.histogram(name).items():
             buckets[bound] = buckets.get(bound, 0.0) + cumulative
+    count = buckets.get(float("inf"), 0.0)
     return {
         "claim_ms_mean": round(1000 * total / count, 2) if count else float("nan"),
         "claim_ms_p50": round(1000 * histogram_quantile(0.50, buckets), 2),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import os
 import shutil
 import signal
@@ -217,23 +216,23 @@ class ReplicaProcess:
         except OSError:
             return False
 
-    def metric(self, name: str) -> float:
+    def _scrape(self) -> list[str]:
         with urllib.request.urlopen(
             f"http://127.0.0.1:{self.http_port}/metrics", timeout=5
         ) as response:
-            for line in io.TextIOWrapper(response, "utf-8"):
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
+            body: bytes = response.read()
+        return body.decode().splitlines()
+
+    def metric(self, name: str) -> float:
+        for line in self._scrape():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
         return 0.0
 
     def histogram(self, name: str) -> dict[float, float]:
         """A histogram's cumulative bucket counts by upper bound (`le`)."""
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.http_port}/metrics", timeout=5
-        ) as response:
-            text = response.read().decode()
         buckets = {}
-        for line in text.splitlines():
+        for line in self._scrape():
             if line.startswith(f'{name}_bucket{{le="'):
                 bound = line.split('"')[1]
                 buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
