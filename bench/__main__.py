@@ -40,7 +40,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--spread", type=float, default=chaos.SPREAD,
-        help="chaos: seconds over which the rows fall due (default 10)",
+        help=f"chaos: seconds over which the rows fall due (default {chaos.SPREAD:g})",
     )  # fmt: skip
     parser.add_argument("--name", default=None, help="results file name (default: what)")
     parser.add_argument(
