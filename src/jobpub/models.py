@@ -53,3 +53,4 @@ class Settled:
     dead: int
     retrying: int
     released: int
+    commit_lost: bool = False  # the connection died before the commit; marked anew

@@ -142,6 +142,9 @@ WHERE NOT processed AND failed_at IS NULL
 
 LISTEN: Final[LiteralString] = "LISTEN jobpub_jobs"
 
+# Is the database there? Asked after connections were lost, before claiming again.
+PING: Final[LiteralString] = "SELECT 1"
+
 # Migrations: one advisory lock serialises replicas that start together.
 MIGRATION_LOCK: Final[LiteralString] = "SELECT pg_advisory_lock(7201203841)"
 MIGRATION_UNLOCK: Final[LiteralString] = "SELECT pg_advisory_unlock(7201203841)"

@@ -36,6 +36,9 @@ class ClaimedBatch(Protocol):
 class JobSource(Protocol):
     async def claim(self) -> ClaimedBatch: ...
 
+    async def check(self) -> None:
+        """Return when the database answers; raise DatabaseError when it does not."""
+
 
 class Publisher(Protocol):
     @property
@@ -53,6 +56,7 @@ class RelayConfig:
     poll_interval: float
     lookahead: float
     shutdown_timeout: float
+    rejoin_delay: float = 1.0  # see Relay._rejoin_after_loss
 
 
 class Relay:
@@ -69,6 +73,8 @@ class Relay:
         self._wake_at: float | None = None  # monotonic time of the next known due job
         self.heartbeat = time.monotonic()
         self.database_ok = False
+        self._rejoin = False  # the database connections were lost: see _rejoin_after_loss
+        self._outage_logged = False
 
     def notify(self, hint_epoch: float | None) -> None:
         """New or changed jobs (from NOTIFY). `hint_epoch` is the earliest new fire_at.
@@ -101,12 +107,20 @@ class Relay:
         config = self._config
         backoff = Backoff(initial=0.2, maximum=RECONNECT_MAX_S)
         numbers = itertools.count(1)
-        database_was_down = False
         while not stop.is_set():
             self.heartbeat = time.monotonic()
             if not self._publisher.connected:
                 # Claiming with no broker would only hold locks: wait for it.
                 await self._publisher.wait_connected(timeout=min(1.0, config.poll_interval))
+                continue
+            if self._rejoin:
+                try:
+                    await self._source.check()
+                except DatabaseError as exc:
+                    await self._database_failed(exc, backoff, stop)
+                    continue
+                await self._rejoin_after_loss(stop)
+                backoff.reset()
                 continue
             await slots.acquire()
             try:
@@ -115,21 +129,14 @@ class Relay:
                 # Unreachable, or the claim itself failed (a permission, a row the
                 # database cannot evaluate): stay up, not ready, and try again.
                 slots.release()
-                self._set_database_ok(ok=False)
-                delay = backoff.next()
-                if not database_was_down:  # said once, not per retry
-                    if isinstance(exc, DatabaseUnavailable):
-                        log.warning("database_unavailable", error=str(exc),
-                                    retry_in_s=round(delay, 2))  # fmt: skip
-                    else:
-                        log.exception("claim_failed", error=str(exc), retry_in_s=round(delay, 2))
-                database_was_down = True
-                await wait_for_any((stop,), delay)
+                if isinstance(exc, DatabaseUnavailable):
+                    self._rejoin = True
+                await self._database_failed(exc, backoff, stop)
                 continue
             self._set_database_ok(ok=True)
-            if database_was_down:
+            if self._outage_logged:
                 log.info("database_available")
-                database_was_down = False
+                self._outage_logged = False
             backoff.reset()
             self._wake.clear()
             if batch.jobs:
@@ -144,6 +151,35 @@ class Relay:
             if len(batch.jobs) >= config.batch_size:
                 continue  # a backlog: claim the next batch at once
             await self._sleep_until_due(batch, stop)
+
+    async def _database_failed(
+        self, exc: DatabaseError, backoff: Backoff, stop: asyncio.Event
+    ) -> None:
+        """Not ready; say so once, not per retry; wait the backoff out."""
+        self._set_database_ok(ok=False)
+        delay = backoff.next()
+        if not self._outage_logged:
+            if isinstance(exc, DatabaseUnavailable):
+                log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2))
+            else:
+                log.error("claim_failed", error=str(exc), retry_in_s=round(delay, 2),
+                          exc_info=exc)  # fmt: skip
+            self._outage_logged = True
+        await wait_for_any((stop,), delay)
+
+    async def _rejoin_after_loss(self, stop: asyncio.Event) -> None:
+        """The database answers again after connections were lost: wait before claiming.
+
+        Rows other replicas were publishing lost their locks with their connections, and
+        as the oldest due rows a claim takes them first. Their owners mark them on new
+        connections once the acks are in (ClaimedBatch._mark_after_loss, up to 0.6 s
+        after the loss near capacity); claiming at once published them twice.
+        """
+        self._set_database_ok(ok=True)
+        log.info("database_available", claiming_in_s=self._config.rejoin_delay)
+        self._outage_logged = False
+        self._rejoin = False
+        await wait_for_any((stop,), self._config.rejoin_delay)
 
     def _set_database_ok(self, *, ok: bool) -> None:
         self.database_ok = ok
@@ -178,6 +214,8 @@ class Relay:
                 # The broker has these messages; another replica will publish them again.
                 log.exception("batch_settle_failed", count=len(batch.jobs), error=str(exc))
                 return
+            if settled.commit_lost:
+                self._rejoin = True  # the others' batches were likely lost too
             self._record(batch, settled, outcomes, started, published_at)
         finally:
             slots.release()

@@ -194,7 +194,13 @@ class ClaimedBatch:
         marked = await self._mark_after_loss(published)
         log.warning("batch_commit_lost", error=str(lost), published=len(published),
                     marked_again=marked)  # fmt: skip
-        return Settled(published=marked, dead=0, retrying=0, released=len(self.jobs) - marked)
+        return Settled(
+            published=marked,
+            dead=0,
+            retrying=0,
+            released=len(self.jobs) - marked,
+            commit_lost=True,
+        )
 
     async def _mark_after_loss(self, published: list[int]) -> int:
         """The transaction died with rows the broker has: mark them on a new connection,
@@ -276,10 +282,7 @@ class PostgresStore:
         """Claim due rows in a new transaction; the caller settles or releases the batch."""
         started = time.monotonic()
         with database_errors("claiming jobs"):
-            try:
-                connection = await self._pool.getconn()
-            except PoolTimeout as exc:
-                raise PoolTimeout(f"{exc}; {await self._connect_error()}") from exc
+            connection = await self._getconn()
             try:
                 async with connection.cursor() as cursor:
                     lane = self._lanes.pick()
@@ -323,6 +326,21 @@ class PostgresStore:
                 queries.CLAIM_DUE_JOBS_IN_LANE, {**self._claim.params(), "lane": lane}
             )
         return await cursor.fetchall()
+
+    async def check(self) -> None:
+        """Return when the database answers a query; raise DatabaseUnavailable if not."""
+        with database_errors("reaching the database"):
+            connection = await self._getconn()
+            try:
+                await connection.execute(queries.PING)
+            finally:
+                await _discard(self._pool, connection)
+
+    async def _getconn(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            return await self._pool.getconn()
+        except PoolTimeout as exc:
+            raise PoolTimeout(f"{exc}; {await self._connect_error()}") from exc
 
     async def _connect_error(self) -> str:
         """Why the pool has no connection: its own attempts log nothing we can show."""

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from jobpub.errors import DatabaseUnavailable
+from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.metrics import Metrics
 from jobpub.models import PUBLISHED, Job, Outcome, Settled
 from jobpub.relay import Relay, RelayConfig
@@ -14,34 +14,46 @@ from tests.support.waiting import eventually
 
 
 class FakeBatch:
-    def __init__(self, jobs: list[Job], next_wake_in: float | None = None) -> None:
+    def __init__(
+        self, jobs: list[Job], next_wake_in: float | None = None, *, commit_lost: bool = False
+    ) -> None:
         self.jobs = jobs
         self.claimed_at = time.monotonic()
         self.next_wake_in = next_wake_in
         self.settled: list[Outcome] | None = None
         self.released = False
+        self._commit_lost = commit_lost
 
     async def settle(self, outcomes: Sequence[Outcome]) -> Settled:
         self.settled = list(outcomes)
-        return Settled(len(outcomes), 0, 0, 0)
+        return Settled(len(outcomes), 0, 0, 0, commit_lost=self._commit_lost)
 
     async def release(self) -> None:
         self.released = True
 
 
 class FakeSource:
-    def __init__(self, *batches: FakeBatch | Exception) -> None:
+    def __init__(self, *batches: FakeBatch | Exception, failed_checks: int = 0) -> None:
         self.queue = list(batches)
         self.claims = 0
         self.handed_out: list[FakeBatch] = []
+        self.calls: list[tuple[str, float]] = []  # ("claim" | "check", monotonic time)
+        self._failed_checks = failed_checks
 
     async def claim(self) -> FakeBatch:
         self.claims += 1
+        self.calls.append(("claim", time.monotonic()))
         item = self.queue.pop(0) if self.queue else FakeBatch([])
         if isinstance(item, Exception):
             raise item
         self.handed_out.append(item)
         return item
+
+    async def check(self) -> None:
+        self.calls.append(("check", time.monotonic()))
+        if self._failed_checks:
+            self._failed_checks -= 1
+            raise DatabaseUnavailable("still down")
 
 
 class FakePublisher:
@@ -73,7 +85,7 @@ class FakePublisher:
 
 def config(**overrides: float) -> RelayConfig:
     values = {"batch_size": 10, "concurrency": 2, "poll_interval": 0.05, "lookahead": 0.25,
-              "shutdown_timeout": 1.0}  # fmt: skip
+              "shutdown_timeout": 1.0, "rejoin_delay": 0.01}  # fmt: skip
     values.update(overrides)
     return RelayConfig(**values)  # type: ignore[arg-type]
 
@@ -135,6 +147,37 @@ async def test_database_errors_are_survived_and_reported() -> None:
     await run_until(relay, lambda: batch.settled is not None, "the batch after the error")
     assert batch.settled == [PUBLISHED]
     assert relay.database_ok
+
+
+async def test_after_lost_connections_claims_wait_for_other_replicas_to_mark() -> None:
+    batch = FakeBatch([job(1, -1)])
+    source = FakeSource(DatabaseUnavailable("connection lost"), batch, failed_checks=1)
+    relay = Relay(source, FakePublisher(), Metrics(), config(rejoin_delay=0.2))
+    await run_until(relay, lambda: batch.settled is not None, "the batch after the loss")
+    names = [name for name, _ in source.calls]
+    assert names[:4] == ["claim", "check", "check", "claim"], "no claim before the pause"
+    answered_at, claimed_at = source.calls[2][1], source.calls[3][1]
+    assert claimed_at - answered_at >= 0.2
+    assert relay.database_ok
+
+
+async def test_a_lost_commit_pauses_claims_the_same_way() -> None:
+    lost = FakeBatch([job(1, -1)], commit_lost=True)
+    later = FakeBatch([job(2, -1)])
+    source = FakeSource(lost, later)
+    relay = Relay(source, FakePublisher(), Metrics(), config(rejoin_delay=0.2))
+    await run_until(relay, lambda: later.settled is not None, "the batch after the pause")
+    checked = next(at for name, at in source.calls if name == "check")
+    claimed = next(at for name, at in source.calls if name == "claim" and at > checked)
+    assert claimed - checked >= 0.2
+
+
+async def test_a_refused_claim_is_retried_without_the_pause() -> None:
+    batch = FakeBatch([job(1, -1)])
+    source = FakeSource(DatabaseError("permission denied for table jobs"), batch)
+    relay = Relay(source, FakePublisher(), Metrics(), config(rejoin_delay=60))
+    await run_until(relay, lambda: batch.settled is not None, "the batch after the refusal")
+    assert [name for name, _ in source.calls][:2] == ["claim", "claim"]
 
 
 async def test_a_full_batch_is_followed_by_another_claim_at_once() -> None:
