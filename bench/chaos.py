@@ -43,6 +43,10 @@ LEAD = 1.0  # the first row is due this long after the load
 REPLICAS = 4
 FAULT_AT = 1.0  # seconds into the stream (a quarter of it, if shorter)
 READY_TIMEOUT = 60.0
+# What every scenario must show (the Reliability promise): no job lost, at most this
+# many jobs published twice per fault in the stream, every replica ready this soon.
+MAX_PUBLISHED_TWICE_PER_FAULT = 100
+MAX_RECOVERY_S = 5.0
 
 
 class Fleet:
@@ -367,3 +371,26 @@ def all_scenarios(bench: Bench, only: set[str] | None, stream: Stream
     if wanted("bystander"):
         results.extend(bystander(bench, stream.jobs, 30.0))
     return results
+
+
+def shortfalls(results: list[ScenarioResult]) -> list[str]:
+    """Each way a scenario missed the targets, as a line; none means the run passed."""
+    missed = []
+    for result in results:
+        delivery, notes = result.delivery, result.notes
+        if delivery is not None and delivery.lost:
+            acked = notes.get("lost_after_broker_ack")
+            by_broker = f", {acked} of them acked by the broker" if acked else ""
+            missed.append(f"{result.name}: {delivery.lost} jobs lost{by_broker}")
+        if "faults" not in notes:  # the bystander runs: a drain, no fault event
+            if delivery is not None and delivery.published_twice:
+                missed.append(f"{result.name}: {delivery.published_twice} published twice")
+            continue
+        per_fault = notes["published_twice_per_fault"]
+        if per_fault > MAX_PUBLISHED_TWICE_PER_FAULT:
+            missed.append(f"{result.name}: {per_fault} published twice per fault "
+                          f"(at most {MAX_PUBLISHED_TWICE_PER_FAULT})")  # fmt: skip
+        if max(notes["recovery_s"]) > MAX_RECOVERY_S:
+            missed.append(f"{result.name}: recovery {max(notes['recovery_s'])} s "
+                          f"(at most {MAX_RECOVERY_S:g} s)")  # fmt: skip
+    return missed

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from bench.chaos import MAX_PUBLISHED_TWICE_PER_FAULT, MAX_RECOVERY_S
 from bench.harness import ScenarioResult
 
 COLUMNS = ("scenario", "replicas", "jobs", "jobs/s", "lost", "dup", "early", "lag p50 ms",
@@ -71,14 +72,16 @@ def render_chaos_chart(results: list[ScenarioResult], path: Path) -> None:
     names = [r.name.removeprefix("chaos-") for r in faults]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     left.barh(names, [r.notes["published_twice_per_fault"] for r in faults], color="#4878a8")
-    left.axvline(100, color="#c44e52", linestyle="--", linewidth=1, label="target ≤ 100")
+    left.axvline(MAX_PUBLISHED_TWICE_PER_FAULT, color="#c44e52", linestyle="--", linewidth=1,
+                 label=f"target ≤ {MAX_PUBLISHED_TWICE_PER_FAULT}")  # fmt: skip
     left.set_xlabel("jobs published twice per fault during the stream")
     left.set_title("Duplicates (0 lost in every scenario)" if all(
         r.delivery and r.delivery.lost == 0 for r in faults) else "Duplicates")  # fmt: skip
     left.invert_yaxis()
     left.legend()
     right.barh(names, [max(r.notes["recovery_s"]) for r in faults], color="#6a9f58")
-    right.axvline(5, color="#c44e52", linestyle="--", linewidth=1, label="target ≤ 5 s")
+    right.axvline(MAX_RECOVERY_S, color="#c44e52", linestyle="--", linewidth=1,
+                  label=f"target ≤ {MAX_RECOVERY_S:g} s")  # fmt: skip
     right.set_xlabel("seconds until all replicas ready and marking again (worst event)")
     right.set_title("Recovery after the fault ends")
     right.invert_yaxis()
