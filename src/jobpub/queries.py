@@ -70,18 +70,23 @@ CLAIM_DUE_JOBS_IN_LANE: Final[LiteralString] = (
 CLAIM_PLAN: Final[LiteralString] = "SET LOCAL enable_sort = off"
 
 # Seconds until this replica should look again: the earliest pending row beyond the
-# lookahead in its partition, or the end of the earliest retry backoff. Both halves
-# are index lookups. NULL when nothing is scheduled; an `infinity` fire_at never is.
+# lookahead in its partition, or the end of the earliest retry backoff. NULL when
+# nothing is scheduled; an `infinity` fire_at never is. Each half reads the first entry
+# of its partial index: ORDER BY … LIMIT 1 under CLAIM_PLAN, not min(), which with
+# statistics from before a bulk insert read every scheduled row's entry instead (60,000
+# rows: 14-28 ms per claim against 0.05 ms, measured, PG 15).
 NEXT_WAKE: Final[LiteralString] = """
 SELECT extract(epoch FROM least(
-    (SELECT min(fire_at) FROM jobs
+    (SELECT fire_at FROM jobs
      WHERE NOT processed AND failed_at IS NULL
        AND fire_at > now() + make_interval(secs => %(lookahead)s)
        AND fire_at < 'infinity'
        AND (%(consumer_count)s::int = 1
-            OR id %% %(consumer_count)s::int = %(consumer_index)s::int)),
-    (SELECT min(next_attempt_at) FROM jobs
-     WHERE NOT processed AND failed_at IS NULL AND next_attempt_at > now())
+            OR id %% %(consumer_count)s::int = %(consumer_index)s::int)
+     ORDER BY fire_at LIMIT 1),
+    (SELECT next_attempt_at FROM jobs
+     WHERE NOT processed AND failed_at IS NULL AND next_attempt_at > now()
+     ORDER BY next_attempt_at LIMIT 1)
 ) - now())::float8
 """
 

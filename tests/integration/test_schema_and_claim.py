@@ -172,6 +172,44 @@ async def test_claim_reads_the_index_in_order_even_when_statistics_are_stale(db:
         assert '"Node Type": "Sort"' not in plan, plan
 
 
+async def test_next_wake_reads_one_index_entry_even_when_statistics_are_stale(
+    db: Conn,
+) -> None:
+    # As above, with 20,000 scheduled rows: min(fire_at) read every one of their entries.
+    await db.execute("ANALYZE jobs")
+    await insert_due(db, 20_000, offset="1 hour")
+    params = {"lookahead": 0.05, "consumer_count": 1, "consumer_index": 0}
+    async with db.transaction(force_rollback=True):
+        await db.execute(queries.CLAIM_PLAN)
+        cursor = await db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + queries.NEXT_WAKE, params)
+        row = await cursor.fetchone()
+    assert row is not None
+    scans = [node for node in plan_nodes(row[0][0]["Plan"]) if "Scan" in node["Node Type"]]
+    assert len(scans) == 2, json.dumps(row[0])
+    assert all(node["Actual Rows"] <= 1 for node in scans), json.dumps(row[0])
+
+
+def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """`node` and every node under it in an EXPLAIN (FORMAT JSON) plan."""
+    return [node, *(found for child in node.get("Plans", []) for found in plan_nodes(child))]
+
+
+async def test_next_wake_is_the_earlier_of_the_next_row_and_the_next_retry(
+    db_url: str, db: Conn
+) -> None:
+    await db.execute(
+        "INSERT INTO jobs (topic, fire_at, attempts, next_attempt_at) VALUES "
+        "('t/retrying', now() - interval '1 s', 1, now() + interval '30 min'), "
+        "('t/later', now() + interval '1 hour', 0, NULL)"
+    )
+    async with opened_store(db_url, lookahead=0) as store:
+        batch = await store.claim()
+        assert batch.jobs == []
+        assert batch.next_wake_in is not None
+        assert 1790 < batch.next_wake_in <= 1800
+        await batch.release()
+
+
 async def test_under_a_backlog_claims_take_the_oldest_rows_of_one_lane(
     db_url: str, db: Conn
 ) -> None:
