@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import functools
 import re
+import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -26,6 +29,7 @@ PROTOCOL_V5: Final = 5
 MAX_PACKET_SIZE: Final = 268_435_460  # 1 + 4 + 268,435,455: the largest MQTT packet
 JOB_ID_PROPERTY: Final = b"jobpub-job-id"
 _CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+_TCP_QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 # MQTT 5 reason codes on PUBACK/PUBREC that no retry can fix: the row goes dead.
 _PERMANENT_REFUSALS: Final = {0x87, 0x90, 0x99}
@@ -247,12 +251,18 @@ class MqttConnection(asyncio.Protocol):
         self._writing_paused = False
         self._broker_reason = ""
         self._refused_last = False  # the last ack was a refusal (Mosquitto may hang up next)
+        self._acknowledge_now: Callable[[], None] | None = None  # see data_received
         self.last_received = time.monotonic()
 
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # create_connection: TCP/TLS
+        sock = transport.get_extra_info("socket")  # with TLS too: the TCP socket
+        if _TCP_QUICKACK is not None and sock is not None:
+            self._acknowledge_now = functools.partial(
+                sock.setsockopt, socket.IPPROTO_TCP, _TCP_QUICKACK, 1
+            )
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -263,6 +273,13 @@ class MqttConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()
+        if self._acknowledge_now is not None:
+            # Acknowledge the broker's bytes now, not after the kernel's delayed-ACK wait:
+            # a broker with Nagle on (Mosquitto's default) holds its next PUBACKs until
+            # then. Measured: the last PUBACKs of a batch 15-17 ms after it, 1-3 ms with.
+            # The flag does not stay set, so it is set again on every read.
+            with contextlib.suppress(OSError):
+                self._acknowledge_now()
         buffer = self._buffer
         buffer += data
         offset = 0
