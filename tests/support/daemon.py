@@ -50,6 +50,7 @@ def env_for(db_url: str, mqtt_url: str, **overrides: str) -> dict[str, str]:
         JOBPUB_HTTP_PORT="0",
         JOBPUB_LOG_FORMAT="json",
         JOBPUB_POLL_INTERVAL="0.5",
+        PYTHONOPTIMIZE="2",  # as the image runs it: no docstrings, no asserts
     )
     env.update({f"JOBPUB_{k.upper()}": v for k, v in overrides.items()})
     return env
