@@ -123,6 +123,10 @@ class Relay:
                 backoff.reset()
                 continue
             await slots.acquire()
+            if self._rejoin:
+                # A batch lost its commit while this loop waited for its slot.
+                slots.release()
+                continue
             try:
                 batch = await self._source.claim()
             except DatabaseError as exc:

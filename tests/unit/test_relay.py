@@ -172,6 +172,30 @@ async def test_a_lost_commit_pauses_claims_the_same_way() -> None:
     assert claimed - checked >= 0.2
 
 
+async def test_a_commit_lost_while_the_loop_waits_for_a_slot_still_pauses_claims() -> None:
+    # A full batch sends the loop straight on to the next claim; with one slot it waits
+    # there while the batch is out. Its commit is lost then: the claim must still wait.
+    acks = asyncio.Event()
+    lost = FakeBatch([job(i, -1) for i in range(10)], commit_lost=True)
+    later = FakeBatch([job(99, -1)])
+    source = FakeSource(lost, later)
+    publisher = FakePublisher(hold=acks)
+    relay = Relay(source, publisher, Metrics(), config(concurrency=1, rejoin_delay=0.2))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop), name="relay-under-test")
+    try:
+        await eventually(lambda: len(publisher.sent) == 10, 2, "the first batch sent")
+        await asyncio.sleep(0.05)  # the loop is waiting for the slot
+        acks.set()
+        await eventually(lambda: later.settled is not None, 2, "the batch after the pause")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert [name for name, _ in source.calls][:3] == ["claim", "check", "claim"]
+    checked, claimed = source.calls[1][1], source.calls[2][1]
+    assert claimed - checked >= 0.2
+
+
 async def test_a_refused_claim_is_retried_without_the_pause() -> None:
     batch = FakeBatch([job(1, -1)])
     source = FakeSource(DatabaseError("permission denied for table jobs"), batch)
