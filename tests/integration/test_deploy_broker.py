@@ -10,6 +10,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support.broker import PROJECT_CONFIG, Broker
+from tests.support.waiting import wait_until
 
 
 def autosave_interval() -> int:
@@ -40,7 +41,13 @@ def test_a_hard_killed_broker_keeps_what_it_queued_before_its_last_autosave(
     finally:
         publisher.loop_stop()
         publisher.disconnect()
-    time.sleep(interval + 2)  # the broker acked all 50 and has saved since
+    acked_at = time.time()
+    database = own_broker.directory / "mosquitto.db"
+    wait_until(
+        lambda: database.exists() and database.stat().st_mtime > acked_at,
+        interval + 3,
+        f"the broker's autosave (every {interval} s) after the acks",
+    )
     own_broker.stop(hard=True)
     own_broker.start()
     received = subprocess.run(

@@ -184,8 +184,8 @@ async def test_a_commit_lost_while_the_loop_waits_for_a_slot_still_pauses_claims
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop), name="relay-under-test")
     try:
+        # Sent by the batch's task, which ran once the loop blocked on the slot.
         await eventually(lambda: len(publisher.sent) == 10, 2, "the first batch sent")
-        await asyncio.sleep(0.05)  # the loop is waiting for the slot
         acks.set()
         await eventually(lambda: later.settled is not None, 2, "the batch after the pause")
     finally:
