@@ -13,7 +13,7 @@ COPY --from=build /wheels /wheels
 # The base image ships no bytecode and user 10001 cannot write any: without this step
 # every start compiles every module (measured on Python 3.11: imports 0.5 s -> 1.8-2.5 s,
 # peak RSS +3 MB). Compiled for -OO (PYTHONOPTIMIZE=2), which drops docstrings and
-# asserts, none of which a replica uses: -2 MiB peak RSS.
+# asserts, none of which a replica uses: 1.9 MB less memory at import.
 RUN pip install --no-cache-dir --no-compile /wheels/*.whl && rm -rf /wheels \
     && python -m compileall -q -o 2 /usr/local/lib/python3.12
 ENV PYTHONUNBUFFERED=1 \
