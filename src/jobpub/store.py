@@ -25,9 +25,15 @@ from jobpub.waiting import wait_for_event
 
 log = structlog.get_logger("jobpub.store")
 
-# How long a replica keeps trying to mark rows whose commit was lost; beyond that other
-# replicas have long since claimed them again.
-MARK_AFTER_LOSS_WITHIN = 5.0
+# How long a replica keeps trying to mark rows whose commit was lost. While the
+# database is away no replica can claim them again, and a restart's shutdown checkpoint
+# can take many seconds (2.7 s here under load, far longer with large shared_buffers);
+# once it answers, the others wait 1 s before claiming (Relay._rejoin_after_loss).
+# Well under the 60 s after which /healthz calls a claim loop waiting on its slots stalled.
+MARK_AFTER_LOSS_WITHIN = 30.0
+# Between attempts: short enough to mark well within that 1 s, long enough not to
+# hammer a server that is starting up.
+MARK_AFTER_LOSS_RETRY_MAX_S = 0.25
 
 # Errors that mean "the database is not there right now", as opposed to a bug.
 _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, pg_errors.AdminShutdown)
@@ -207,11 +213,13 @@ class ClaimedBatch:
         before another replica claims them, so they are not published twice.
 
         A connection of its own, not the pool's: when the server dropped one connection
-        it has usually dropped them all. Tried for a few seconds (a restarting server).
+        it has usually dropped them all. Tried until the server answers again, for up to
+        MARK_AFTER_LOSS_WITHIN (a restarting server).
         """
         versions = {job.id: job.version for job in self.jobs}
         params = {"ids": published, "versions": [versions[i] for i in published]}
         deadline = time.monotonic() + MARK_AFTER_LOSS_WITHIN
+        backoff = Backoff(initial=0.05, maximum=MARK_AFTER_LOSS_RETRY_MAX_S)
         with database_errors("marking a batch again after its connection was lost"):
             while True:
                 try:
@@ -223,7 +231,7 @@ class ClaimedBatch:
                 except psycopg.OperationalError:
                     if time.monotonic() > deadline:
                         raise
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(backoff.next())
 
     async def release(self) -> None:
         """Give every row back untouched (roll back)."""

@@ -7,6 +7,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -16,6 +17,7 @@ from jobpub.metrics import Metrics
 from jobpub.models import PUBLISHED, Delivery, Outcome
 from jobpub.store import PostgresStore, migrate
 from tests.support.daemon import make_settings
+from tests.support.proxy import proxy_to
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -332,6 +334,27 @@ async def test_rows_published_before_a_lost_commit_are_marked_on_a_new_connectio
         assert (settled.published, settled.released) == (2, 3)
         cursor = await db.execute("SELECT id FROM jobs WHERE processed ORDER BY id")
         assert [row[0] for row in await cursor.fetchall()] == ids[2:4]
+
+
+async def test_rows_of_a_lost_commit_are_marked_when_a_long_outage_ends(
+    db_url: str, db: Conn
+) -> None:
+    # A restart's shutdown checkpoint can keep the database away for many seconds; no
+    # replica can claim the rows meanwhile, so their owner waits it out to mark them.
+    await insert_due(db, 3)
+    parts = urlsplit(db_url)
+    async with proxy_to(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        proxied = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
+        async with opened_store(proxied) as store:
+            batch = await store.claim()
+            await proxy.cut()
+            settling = asyncio.create_task(batch.settle([PUBLISHED] * 3), name="settle")
+            await asyncio.sleep(6)  # the outage: longer than the 5 s this once allowed
+            await proxy.open()
+            settled = await asyncio.wait_for(settling, 10)
+    assert (settled.published, settled.commit_lost) == (3, True)
+    cursor = await db.execute("SELECT count(*) FROM jobs WHERE processed")
+    assert await cursor.fetchone() == (3,)
 
 
 async def test_partition_takes_own_rows_and_overdue_rows_of_others(db_url: str, db: Conn) -> None:
