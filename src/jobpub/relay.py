@@ -113,7 +113,11 @@ class Relay:
                 # Claiming with no broker would only hold locks: wait for it.
                 await self._publisher.wait_connected(timeout=min(1.0, config.poll_interval))
                 continue
+            await slots.acquire()
             if self._rejoin:
+                # Checked with the slot in hand: a batch may lose its commit while this
+                # loop waits for the slot.
+                slots.release()
                 try:
                     await self._source.check()
                 except DatabaseError as exc:
@@ -121,11 +125,6 @@ class Relay:
                     continue
                 await self._rejoin_after_loss(stop)
                 backoff.reset()
-                continue
-            await slots.acquire()
-            if self._rejoin:
-                # A batch lost its commit while this loop waited for its slot.
-                slots.release()
                 continue
             try:
                 batch = await self._source.claim()
