@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from tests.support.broker import free_port
-from tests.support.proxy import Proxy
 
 from bench.harness import (
     Bench,
@@ -36,6 +34,8 @@ from bench.harness import (
     check_delivery,
     wait_ready,
 )
+from testbed.broker import free_port
+from testbed.proxy import Proxy
 
 JOBS = 60_000  # default; --jobs
 SPREAD = 5.0  # seconds over which the rows fall due (default; --spread)
@@ -307,7 +307,7 @@ def _open_transaction(url: str, seconds: float) -> Iterator[None]:
 
 
 class _ThreadedProxy:
-    """tests.support.proxy.Proxy on its own event loop thread, driven from sync code."""
+    """testbed.proxy.Proxy on its own event loop thread, driven from sync code."""
 
     def __init__(self, port: int) -> None:
         self._loop = asyncio.new_event_loop()

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from tests.support.broker import Broker, free_port, start_broker
+
+from testbed.broker import Broker, free_port, start_broker
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROJECT = Path(__file__).resolve().parent.parent

@@ -58,8 +58,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 # One command per line: `set -e` ignores a failure on the left of `&&`, which let a
 # ruff error pass before.
-say "ruff";          ruff check src tests bench
-                     ruff format --check src tests bench
+say "ruff";          ruff check src tests bench testbed
+                     ruff format --check src tests bench testbed
 say "mypy";          mypy
 say "import-linter"; lint-imports
 say "hadolint";      hadolint Dockerfile

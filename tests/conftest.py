@@ -16,8 +16,8 @@ import structlog
 
 from jobpub import logs, migrations
 from jobpub.store import migrate
-from tests.support.broker import Broker, start_broker
-from tests.support.subscriber import Subscriber
+from testbed.broker import Broker, start_broker
+from testbed.subscriber import Subscriber
 
 PROJECT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get(

@@ -70,7 +70,9 @@ class Metrics:
             registry=r,
         )
         self.dead = Counter(
-            "jobpub_jobs_dead", "Jobs that went dead: refused, or out of attempts.", registry=r
+            "jobpub_jobs_dead",
+            "Jobs this replica marked dead: refused, or out of attempts.",
+            registry=r,
         )
         self.released = Counter(
             "jobpub_jobs_released",
@@ -110,8 +112,9 @@ class Metrics:
         self.jobs_scheduled = Gauge(
             "jobpub_jobs_scheduled", "Pending jobs whose fire_at is ahead (sampled).", registry=r
         )
+        # Rows in the table now; named apart from jobpub_jobs_dead_total, which counts events.
         self.jobs_dead_total = Gauge(
-            "jobpub_jobs_dead_in_table", "Dead jobs in the table (sampled).", registry=r
+            "jobpub_dead_jobs", "Dead rows currently in the jobs table (sampled).", registry=r
         )
         self.database_up = Gauge(
             "jobpub_database_up", "1 while the last database operation succeeded.", registry=r

@@ -13,10 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.broker import Broker
-from tests.support.daemon import Replica, env_for
-from tests.support.subscriber import Subscriber
-from tests.support.waiting import wait_until
+from testbed.broker import Broker
+from testbed.daemon import Replica, env_for
+from testbed.subscriber import Subscriber
+from testbed.waiting import wait_until
 
 
 @pytest.fixture

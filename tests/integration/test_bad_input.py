@@ -14,10 +14,10 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.broker import Broker
-from tests.support.daemon import make_settings, running
-from tests.support.subscriber import Subscriber
-from tests.support.waiting import eventually
+from testbed.broker import Broker
+from testbed.daemon import make_settings, running
+from testbed.subscriber import Subscriber
+from testbed.waiting import eventually
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 

@@ -11,11 +11,11 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from tests.support.broker import Broker, free_port
-from tests.support.daemon import make_settings, running
-from tests.support.proxy import proxy_to
-from tests.support.subscriber import Subscriber
-from tests.support.waiting import eventually
+from testbed.broker import Broker, free_port
+from testbed.daemon import make_settings, running
+from testbed.proxy import proxy_to
+from testbed.subscriber import Subscriber
+from testbed.waiting import eventually
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 

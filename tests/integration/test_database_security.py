@@ -13,12 +13,12 @@ import pytest
 
 from jobpub import migrations
 from jobpub.store import migrate
-from tests.support.broker import Broker
-from tests.support.daemon import make_settings, running
-from tests.support.postgres_server import PostgresServer, start_postgres
-from tests.support.subscriber import Subscriber
-from tests.support.tls import make_certificates
-from tests.support.waiting import eventually, in_file, logged
+from testbed.broker import Broker
+from testbed.daemon import make_settings, running
+from testbed.postgres_server import PostgresServer, start_postgres
+from testbed.subscriber import Subscriber
+from testbed.tls import make_certificates
+from testbed.waiting import eventually, in_file, logged
 
 
 @pytest.fixture(scope="module")

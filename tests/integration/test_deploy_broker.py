@@ -9,8 +9,8 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support.broker import PROJECT_CONFIG, Broker
-from tests.support.waiting import wait_until
+from testbed.broker import PROJECT_CONFIG, Broker
+from testbed.waiting import wait_until
 
 
 def autosave_interval() -> int:

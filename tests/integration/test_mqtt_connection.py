@@ -14,10 +14,10 @@ from jobpub.metrics import Metrics
 from jobpub.models import PUBLISHED, Delivery, Job
 from jobpub.mqtt import PROTOCOL_V5, PROTOCOL_V311, MqttConnection, encode_connect
 from jobpub.publisher import MqttPublisher
-from tests.support.broker import Broker, start_broker
-from tests.support.daemon import make_settings
-from tests.support.subscriber import Subscriber
-from tests.support.waiting import eventually
+from testbed.broker import Broker, start_broker
+from testbed.daemon import make_settings
+from testbed.subscriber import Subscriber
+from testbed.waiting import eventually
 
 
 async def connect(port: int, version: int = PROTOCOL_V5, inflight: int = 1000) -> MqttConnection:

@@ -16,8 +16,8 @@ from jobpub import migrations, queries
 from jobpub.metrics import Metrics
 from jobpub.models import PUBLISHED, Delivery, Outcome
 from jobpub.store import PostgresStore, migrate
-from tests.support.daemon import make_settings
-from tests.support.proxy import proxy_to
+from testbed.daemon import make_settings
+from testbed.proxy import proxy_to
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 

@@ -16,11 +16,11 @@ import pytest
 
 from jobpub.cli import main
 from jobpub.settings import Settings
-from tests.support.broker import Broker, start_broker
-from tests.support.daemon import make_settings, running
-from tests.support.subscriber import Subscriber
-from tests.support.tls import make_certificates
-from tests.support.waiting import eventually, in_file, logged
+from testbed.broker import Broker, start_broker
+from testbed.daemon import make_settings, running
+from testbed.subscriber import Subscriber
+from testbed.tls import make_certificates
+from testbed.waiting import eventually, in_file, logged
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 

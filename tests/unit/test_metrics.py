@@ -32,3 +32,16 @@ def test_lag_is_exposed_in_the_text_format() -> None:
     text = metrics.render().decode()
     assert 'jobpub_publish_lag_seconds_bucket{le="0.0025"} 1.0' in text
     assert "jobpub_publish_lag_seconds_count 1.0" in text
+
+
+def test_dead_rows_and_dead_events_are_told_apart_by_name() -> None:
+    metrics = Metrics()
+    metrics.dead.inc()
+    metrics.jobs_dead_total.set(3)
+    text = metrics.render().decode()
+    assert "# TYPE jobpub_jobs_dead_total counter" in text
+    assert "jobpub_jobs_dead_total 1.0" in text
+    assert "# TYPE jobpub_dead_jobs gauge" in text
+    assert "# HELP jobpub_dead_jobs Dead rows currently in the jobs table (sampled)." in text
+    assert "jobpub_dead_jobs 3.0" in text
+    assert "dead_in_table" not in text

@@ -10,7 +10,7 @@ from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.metrics import Metrics
 from jobpub.models import PUBLISHED, Job, Outcome, Settled
 from jobpub.relay import Relay, RelayConfig
-from tests.support.waiting import eventually
+from testbed.waiting import eventually
 
 
 class FakeBatch:

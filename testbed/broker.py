@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "mosquitto.conf"
+PROJECT_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "mosquitto.conf"
 # Settings the tests need to own (where to listen, where to keep state, logging).
 _REPLACED = ("listener", "persistence_location", "log_dest", "log_type", "allow_anonymous")
 

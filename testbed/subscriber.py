@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 
-from tests.support.waiting import wait_until
+from testbed.waiting import wait_until
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.broker import free_port
-from tests.support.tls import make_certificates
+from testbed.broker import free_port
+from testbed.tls import make_certificates
 
 USER, PASSWORD, DATABASE = "publisher", "db-s3cret", "jobs"
 
