@@ -65,9 +65,12 @@ def test_every_relative_link_resolves(document: Path) -> None:
         linked = (document.parent / path_part).resolve() if path_part else document
         if not linked.exists():
             broken.append(f"{target}: no such file")
-        elif fragment and linked.suffix == ".md":
-            if fragment not in _anchors(linked.read_text(encoding="utf-8")):
-                broken.append(f"{target}: no such heading")
+        elif (
+            fragment
+            and linked.suffix == ".md"
+            and fragment not in _anchors(linked.read_text(encoding="utf-8"))
+        ):
+            broken.append(f"{target}: no such heading")
     assert not broken, f"{document.relative_to(ROOT)}: broken links: {broken}"
 
 
