@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import chaos, clients, scenarios
 from bench.harness import ScenarioResult, bench_environment
@@ -104,7 +105,7 @@ def main() -> int:
     }
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     table = render_table(results)
-    (RESULTS / f"{name}.md").write_text(table + "\n")
+    (RESULTS / f"{name}.md").write_text(_run_page(name, report, table))
     (render_chaos_chart if args.what == "chaos" else render_chart)(results, RESULTS / f"{name}.png")
     print(table)
     print(f"\nwritten: bench/results/{name}.json, .md, .png")
@@ -132,6 +133,20 @@ def median_run(attempts: list[ScenarioResult]) -> ScenarioResult:
                 chosen.delivery.early += other.delivery.early
     chosen.notes["runs_jobs_per_s"] = [r.jobs_per_s for r in attempts]
     return chosen
+
+
+def _run_page(name: str, report: dict[str, Any], table: str) -> str:
+    """The run's page beside its JSON and chart: what ran, where and when, then the figures."""
+    machine = report["machine"]
+    settings = report["settings"] or "jobpub's defaults"
+    return (
+        f"# `{report['command']}`, {report['date']}\n\n"
+        f"Raw figures: [{name}.json]({name}.json); chart: [{name}.png]({name}.png).\n\n"
+        f"Machine: {machine['cpus']} CPUs, {machine['memory_gib']} GiB, "
+        f"kernel {machine['kernel']}, Python {machine['python']}, "
+        f"{machine['postgresql']}, {machine['mosquitto']}.\n\n"
+        f"Settings: {settings}.\n\n{table}\n"
+    )
 
 
 def _machine() -> dict[str, str]:
