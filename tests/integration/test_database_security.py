@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from jobpub import migrations
-from jobpub.store import migrate
+from jobpub.db.admin import migrate
 from tests.support.broker import Broker
 from tests.support.daemon import make_settings, running
 from tests.support.postgres_server import PostgresServer, start_postgres
