@@ -4,6 +4,7 @@
 FROM python:3.12-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY sql ./sql
 COPY src ./src
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

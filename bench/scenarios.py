@@ -16,7 +16,7 @@ from bench.harness import (
 )
 
 # An idle claim is one transaction of three statements: the planner setting, the claim,
-# and the next-wake lookup (store.PostgresStore.claim).
+# and the next-wake lookup (jobpub.db.claim.Claimer.claim).
 IDLE_CLAIM_STATEMENTS = 3
 
 

@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from jobpub import logs, migrations
-from jobpub.store import migrate
+from jobpub.db.admin import migrate
 from testbed.broker import Broker, start_broker
 from testbed.subscriber import Subscriber
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import structlog
 
+from jobpub.db.claim import ClaimConfig, Claimer
+from jobpub.db.complete import Completer, RetryPolicy
+from jobpub.db.database import Database, DatabaseConfig
+from jobpub.db.listen import Listener, sample_backlog
 from jobpub.errors import DatabaseError
+from jobpub.health import STALLED_AFTER, DatabaseHealth, Heartbeat
 from jobpub.http import HttpServer, Response
 from jobpub.metrics import CONTENT_TYPE, Metrics
 from jobpub.publisher import MqttPublisher
 from jobpub.relay import Relay, RelayConfig
 from jobpub.settings import Settings, redact_url
-from jobpub.store import PostgresStore
 from jobpub.waiting import wait_for_event
 
 log = structlog.get_logger("jobpub.app")
@@ -32,30 +35,32 @@ async def run(settings: Settings) -> int:
 async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None = None) -> None:
     """Run one replica until `stop` is set, then drain and close in reverse order."""
     metrics = metrics or Metrics()
-    store = PostgresStore(settings, metrics)
+    database = Database(_database_config(settings))
+    claimer = Claimer(database, _claim_config(settings), metrics)
+    completer = Completer(database, _retry_policy(settings))
+    listener = Listener(database)
     publisher = MqttPublisher(settings, metrics)
+    health, heartbeat = DatabaseHealth(), Heartbeat()  # the relay writes, /readyz, /healthz read
     relay = Relay(
-        store,
+        claimer,
+        completer,
         publisher,
         metrics,
-        RelayConfig(
-            batch_size=settings.batch_size,
-            concurrency=settings.concurrency,
-            poll_interval=settings.poll_interval,
-            lookahead=settings.lookahead,
-            shutdown_timeout=settings.shutdown_timeout,
-        ),
+        _relay_config(settings),
+        health=health,
+        heartbeat=heartbeat,
     )
     drained = asyncio.Event()  # the relay is done: connections and servers may close
-    healthy_within = max(60.0, 3 * settings.poll_interval)
+    healthy_within = max(STALLED_AFTER, 3 * settings.poll_interval)
 
     def healthz() -> Response:
-        alive = time.monotonic() - relay.heartbeat < healthy_within
-        return Response(200, b"ok\n") if alive else Response(503, b"relay loop stalled\n")
+        if heartbeat.alive(healthy_within):
+            return Response(200, b"ok\n")
+        return Response(503, b"relay loop stalled\n")
 
     def readyz() -> Response:
         problems = [
-            *([] if relay.database_ok else ["database not connected"]),
+            *([] if health.ready else ["database not connected"]),
             *([] if publisher.connected else ["broker not connected"]),
         ]
         if problems:
@@ -80,20 +85,20 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
         partition=f"{settings.consumer_index}/{settings.consumer_count}",
         pid=os.getpid(),
     )
-    await store.open()
+    await database.open()
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(publisher.run(drained), name="mqtt-connection")
-            tasks.create_task(store.listen(relay.notify, drained), name="database-listener")
+            tasks.create_task(listener.listen(relay.notify, drained), name="database-listener")
             tasks.create_task(http.serve(drained), name="http-server")
             tasks.create_task(
-                _sample_backlog(store, metrics, settings.backlog_interval, drained),
+                _sample_backlog(database, metrics, settings.backlog_interval, drained),
                 name="backlog-sampler",
             )
             relay_task = tasks.create_task(relay.run(stop), name="relay")
             relay_task.add_done_callback(lambda _: drained.set())
     finally:
-        await store.close()
+        await database.close()
     log.info("stopped")
 
 
@@ -112,12 +117,46 @@ def _handle_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(number, on_signal, number)
 
 
+def _database_config(settings: Settings) -> DatabaseConfig:
+    return DatabaseConfig(
+        url=settings.database_url.get_secret_value(), pool_size=settings.concurrency
+    )
+
+
+def _claim_config(settings: Settings) -> ClaimConfig:
+    return ClaimConfig(
+        limit=settings.batch_size,
+        lookahead=settings.lookahead,
+        consumer_count=settings.consumer_count,
+        consumer_index=settings.consumer_index,
+        takeover_delay=settings.takeover_delay,
+    )
+
+
+def _retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.max_attempts,
+        backoff=settings.retry_backoff,
+        backoff_max=settings.retry_backoff_max,
+    )
+
+
+def _relay_config(settings: Settings) -> RelayConfig:
+    return RelayConfig(
+        batch_size=settings.batch_size,
+        concurrency=settings.concurrency,
+        poll_interval=settings.poll_interval,
+        lookahead=settings.lookahead,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
+
+
 async def _sample_backlog(
-    store: PostgresStore, metrics: Metrics, interval: float, stop: asyncio.Event
+    database: Database, metrics: Metrics, interval: float, stop: asyncio.Event
 ) -> None:
     while not stop.is_set():
         try:
-            due, scheduled, dead = await store.sample_backlog()
+            due, scheduled, dead = await sample_backlog(database)
         except DatabaseError as exc:
             log.debug("backlog_sample_failed", error=str(exc))
         else:

@@ -11,9 +11,9 @@ import structlog
 from pydantic import ValidationError
 
 from jobpub import __version__, app, logs, migrations
+from jobpub.db.admin import migrate, requeue
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.settings import Settings, SettingsFileError, describe_errors
-from jobpub.store import migrate, requeue
 
 EXIT_OK = 0
 EXIT_FAILED = 1

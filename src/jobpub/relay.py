@@ -1,6 +1,7 @@
 """The cycle: claim due rows, publish each at its time, settle, commit.
 
-Depends only on the small Protocols below; the store and the publisher are passed in.
+Depends only on the small Protocols below; the database side (jobpub.db) and the
+publisher are passed in by the composition root (jobpub.app).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import itertools
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 
 from jobpub.backoff import RECONNECT_MAX_S, Backoff
 from jobpub.errors import DatabaseError, DatabaseUnavailable
+from jobpub.health import REJOIN_DELAY, DatabaseHealth, Heartbeat
 from jobpub.metrics import Metrics
 from jobpub.models import Delivery, Job, Outcome, Settled
 from jobpub.waiting import wait_for_any
@@ -23,21 +25,39 @@ from jobpub.waiting import wait_for_any
 log = structlog.get_logger("jobpub.relay")
 
 
-class ClaimedBatch(Protocol):
-    jobs: list[Job]
-    claimed_at: float  # time.monotonic() when the rows arrived
-    next_wake_in: float | None  # seconds from claimed_at until the next known job is due
+class Batch(Protocol):
+    """Rows claimed together (jobpub.db.claim.ClaimedBatch)."""
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> Settled: ...
+    @property
+    def jobs(self) -> list[Job]: ...
 
-    async def release(self) -> None: ...
+    @property
+    def claimed_at(self) -> float:
+        """time.monotonic() when the rows arrived."""
+
+    @property
+    def next_wake_in(self) -> float | None:
+        """Seconds from claimed_at until the next known job is due."""
 
 
-class JobSource(Protocol):
-    async def claim(self) -> ClaimedBatch: ...
+BatchT = TypeVar("BatchT", bound=Batch)
+BatchT_co = TypeVar("BatchT_co", bound=Batch, covariant=True)
+BatchT_contra = TypeVar("BatchT_contra", bound=Batch, contravariant=True)
+
+
+class JobSource(Protocol[BatchT_co]):
+    async def claim(self) -> BatchT_co: ...
 
     async def check(self) -> None:
         """Return when the database answers; raise DatabaseError when it does not."""
+
+
+class BatchCompleter(Protocol[BatchT_contra]):
+    async def settle(self, batch: BatchT_contra, outcomes: Sequence[Outcome]) -> Settled:
+        """Write each job's outcome and commit; the rows leave the queue."""
+
+    async def release(self, batch: BatchT_contra) -> None:
+        """Give every row back untouched."""
 
 
 class Publisher(Protocol):
@@ -56,25 +76,36 @@ class RelayConfig:
     poll_interval: float
     lookahead: float
     shutdown_timeout: float
-    rejoin_delay: float = 1.0  # see Relay._rejoin_after_loss
+    rejoin_delay: float = REJOIN_DELAY
 
 
-class Relay:
-    """One replica's cycle. `run` claims; each claimed batch is delivered by its own task."""
+class Relay(Generic[BatchT]):
+    """One replica's cycle. `run` claims; each claimed batch is delivered by its own task.
+
+    `health` and `heartbeat` are read by /readyz and /healthz; the relay writes them
+    (DatabaseHealth says which task writes what).
+    """
 
     def __init__(
-        self, source: JobSource, publisher: Publisher, metrics: Metrics, config: RelayConfig
+        self,
+        source: JobSource[BatchT],
+        completer: BatchCompleter[BatchT],
+        publisher: Publisher,
+        metrics: Metrics,
+        config: RelayConfig,
+        *,
+        health: DatabaseHealth | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self._source = source
+        self._completer = completer
         self._publisher = publisher
         self._metrics = metrics
         self._config = config
+        self.health = health or DatabaseHealth()
+        self.heartbeat = heartbeat or Heartbeat()
         self._wake = asyncio.Event()
         self._wake_at: float | None = None  # monotonic time of the next known due job
-        self.heartbeat = time.monotonic()
-        self.database_ok = False
-        self._rejoin = False  # the database connections were lost: see _rejoin_after_loss
-        self._outage_logged = False
 
     def notify(self, hint_epoch: float | None) -> None:
         """New or changed jobs (from NOTIFY). `hint_epoch` is the earliest new fire_at.
@@ -107,14 +138,15 @@ class Relay:
         config = self._config
         backoff = Backoff(initial=0.2, maximum=RECONNECT_MAX_S)
         numbers = itertools.count(1)
+        health = self.health
         while not stop.is_set():
-            self.heartbeat = time.monotonic()
+            self.heartbeat.beat()
             if not self._publisher.connected:
                 # Claiming with no broker would only hold locks: wait for it.
                 await self._publisher.wait_connected(timeout=min(1.0, config.poll_interval))
                 continue
             await slots.acquire()
-            if self._rejoin:
+            if health.needs_rejoin:
                 # Checked with the slot in hand: a batch may lose its commit while this
                 # loop waits for the slot.
                 slots.release()
@@ -132,14 +164,11 @@ class Relay:
                 # Unreachable, or the claim itself failed (a permission, a row the
                 # database cannot evaluate): stay up, not ready, and try again.
                 slots.release()
-                if isinstance(exc, DatabaseUnavailable):
-                    self._rejoin = True
                 await self._database_failed(exc, backoff, stop)
                 continue
-            self._set_database_ok(ok=True)
-            if self._outage_logged:
+            if health.claimed():
                 log.info("database_available")
-                self._outage_logged = False
+            self._show_health()
             backoff.reset()
             self._wake.clear()
             if batch.jobs:
@@ -149,7 +178,7 @@ class Relay:
                 deliveries.add(task)
                 task.add_done_callback(deliveries.discard)
             else:
-                await batch.release()
+                await self._completer.release(batch)
                 slots.release()
             if len(batch.jobs) >= config.batch_size:
                 continue  # a backlog: claim the next batch at once
@@ -159,15 +188,16 @@ class Relay:
         self, exc: DatabaseError, backoff: Backoff, stop: asyncio.Event
     ) -> None:
         """Not ready; say so once, not per retry; wait the backoff out."""
-        self._set_database_ok(ok=False)
+        unavailable = isinstance(exc, DatabaseUnavailable)
+        started_outage = self.health.failed(unavailable=unavailable)
+        self._show_health()
         delay = backoff.next()
-        if not self._outage_logged:
-            if isinstance(exc, DatabaseUnavailable):
+        if started_outage:
+            if unavailable:
                 log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2))
             else:
                 log.error("claim_failed", error=str(exc), retry_in_s=round(delay, 2),
                           exc_info=exc)  # fmt: skip
-            self._outage_logged = True
         await wait_for_any((stop,), delay)
 
     async def _rejoin_after_loss(self, stop: asyncio.Event) -> None:
@@ -175,20 +205,18 @@ class Relay:
 
         Rows other replicas were publishing lost their locks with their connections, and
         as the oldest due rows a claim takes them first. Their owners mark them on new
-        connections once the acks are in (ClaimedBatch._mark_after_loss, up to 0.6 s
-        after the loss near capacity); claiming at once published them twice.
+        connections once the acks are in (jobpub.db.complete, up to 0.6 s after the loss
+        near capacity); claiming at once published them twice.
         """
-        self._set_database_ok(ok=True)
+        self.health.rejoining()
+        self._show_health()
         log.info("database_available", claiming_in_s=self._config.rejoin_delay)
-        self._outage_logged = False
-        self._rejoin = False
         await wait_for_any((stop,), self._config.rejoin_delay)
 
-    def _set_database_ok(self, *, ok: bool) -> None:
-        self.database_ok = ok
-        self._metrics.database_up.set(1 if ok else 0)
+    def _show_health(self) -> None:
+        self._metrics.database_up.set(1 if self.health.ready else 0)
 
-    async def _sleep_until_due(self, batch: ClaimedBatch, stop: asyncio.Event) -> None:
+    async def _sleep_until_due(self, batch: BatchT, stop: asyncio.Event) -> None:
         """Wait for a notification, the next known job, the poll interval, or stop."""
         now = time.monotonic()
         timeout = self._config.poll_interval
@@ -201,29 +229,36 @@ class Relay:
         if timeout > 0:
             await wait_for_any((self._wake, stop), timeout)
 
-    async def _deliver(self, batch: ClaimedBatch, slots: asyncio.Semaphore) -> None:
+    async def _deliver(self, batch: BatchT, slots: asyncio.Semaphore) -> None:
         try:
             try:
                 started = time.monotonic()
                 outcomes = await self._publish_on_time(batch)
                 published_at = time.monotonic()
             except BaseException:
-                await asyncio.shield(batch.release())
+                await asyncio.shield(self._completer.release(batch))
                 raise
+            settling = asyncio.create_task(
+                self._completer.settle(batch, outcomes), name=f"{_task_name()}-settle"
+            )
+            cancelled = await _wait_through_cancellation(settling)
             try:
-                settled = await batch.settle(outcomes)
+                settled = settling.result()
             except DatabaseError as exc:
-                self._set_database_ok(ok=False)
+                self.health.report_settle_failed()
+                self._show_health()
                 # The broker has these messages; another replica will publish them again.
                 log.exception("batch_settle_failed", count=len(batch.jobs), error=str(exc))
-                return
-            if settled.commit_lost:
-                self._rejoin = True  # the others' batches were likely lost too
-            self._record(batch, settled, outcomes, started, published_at)
+            else:
+                if settled.commit_lost:
+                    self.health.report_commit_lost()  # the others' batches were likely lost too
+                self._record(batch, settled, outcomes, started, published_at)
+            if cancelled:
+                raise asyncio.CancelledError
         finally:
             slots.release()
 
-    async def _publish_on_time(self, batch: ClaimedBatch) -> list[Outcome]:
+    async def _publish_on_time(self, batch: BatchT) -> list[Outcome]:
         """Publish each job no earlier than its fire_at; jobs due together go together."""
         jobs = batch.jobs
         origin = batch.claimed_at  # due_in counts from the database's now() before this
@@ -246,7 +281,7 @@ class Relay:
 
     def _record(
         self,
-        batch: ClaimedBatch,
+        batch: BatchT,
         settled: Settled,
         outcomes: Sequence[Outcome],
         started: float,
@@ -284,3 +319,21 @@ class Relay:
             task.cancel()
         if late:
             log.warning("drain_timed_out", cancelled_batches=len(late))
+
+
+async def _wait_through_cancellation(task: asyncio.Task[Settled]) -> bool:
+    """Wait until `task` is done even if this one is cancelled meanwhile (a drain timeout):
+    a commit cut halfway leaves acknowledged messages unmarked, to be published again.
+    True if a cancellation arrived; the caller raises it once the task is done."""
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
+
+
+def _task_name() -> str:
+    task = asyncio.current_task()
+    return task.get_name() if task is not None else "deliver-batch"

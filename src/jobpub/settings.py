@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -197,8 +198,9 @@ class Settings(BaseSettings):
             raise ValueError("JOBPUB_MQTT_CERT_FILE and JOBPUB_MQTT_KEY_FILE go together")
         return self
 
-    @property
+    @cached_property
     def mqtt(self) -> MqttEndpoint:
+        """The broker URL parsed, once (the validator has checked it parses)."""
         return parse_mqtt_url(self.mqtt_url.get_secret_value())
 
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from jobpub.metrics import Metrics
 from testbed.broker import Broker, free_port
 from testbed.daemon import make_settings, running
 from testbed.proxy import proxy_to
@@ -211,22 +212,40 @@ async def test_rows_of_a_missing_partner_fire_after_the_takeover_delay(
 async def test_a_reschedule_wakes_an_idle_replica(
     db_url: str, db: Conn, broker: Broker, subscriber: Subscriber
 ) -> None:
+    # Only NOTIFY can wake it: the poll is a minute away and the row a day. So first let
+    # every wake of the start pass (its first claim, and the one the listener makes once
+    # it listens), then reschedule; without NOTIFY this fails.
     await db.execute(
         "INSERT INTO jobs (topic, payload, fire_at) VALUES (%s, 'moved', now() + interval '1 day')",
         (subscriber.topic("moved"),),
     )
-    async with running(make_settings(db_url, broker.url, poll_interval=60)):
-        await eventually(lambda: _claimed_once(db), 10, "the replica to look once")
-        await db.execute("UPDATE jobs SET fire_at = now() + interval '300 ms'")
+    async with running(make_settings(db_url, broker.url, poll_interval=60)) as metrics:
+        await eventually(lambda: _claims(metrics) >= 1, 10, "the replica to look once")
+        await eventually(lambda: _listening_and_idle(db), 10, "the replica idle, listening")
+        claims = _claims(metrics)
+        cursor = await db.execute(
+            "UPDATE jobs SET fire_at = now() + interval '300 ms'"
+            " RETURNING extract(epoch FROM fire_at)"
+        )
+        row = await cursor.fetchone()
+        assert row is not None
         [message] = await asyncio.to_thread(subscriber.wait_for, 1, 10)
+        assert _claims(metrics) > claims
     assert message.payload == b"moved"
+    assert message.arrived_at - float(row[0]) < 5, "woken by NOTIFY, not by the 60 s poll"
 
 
-async def _claimed_once(db: Conn) -> bool:
-    # The replica has run its first claim when its pool connections exist.
+def _claims(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("jobpub_claim_duration_seconds_count") or 0.0
+
+
+async def _listening_and_idle(db: Conn) -> bool:
+    # The listener has run LISTEN (and woken the relay once, right after), and no
+    # connection of the replica is inside a claim.
     cursor = await db.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid()"
+        "SELECT count(*) FILTER (WHERE query = 'LISTEN jobpub_jobs' AND state = 'idle'),"
+        " count(*) FILTER (WHERE state <> 'idle')"
+        " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     )
     row = await cursor.fetchone()
-    return row is not None and row[0] >= 2
+    return row is not None and row[0] == 1 and row[1] == 0

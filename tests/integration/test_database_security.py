@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from jobpub import migrations
-from jobpub.store import migrate
+from jobpub.db.admin import migrate
 from testbed.broker import Broker
 from testbed.daemon import make_settings, running
 from testbed.postgres_server import PostgresServer, start_postgres

@@ -5,17 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
-from jobpub import migrations, queries
+from jobpub import migrations
+from jobpub.db import queries
+from jobpub.db.admin import migrate
+from jobpub.db.claim import ClaimConfig, ClaimedBatch, Claimer
+from jobpub.db.complete import Completer, RetryPolicy
+from jobpub.db.database import Database, DatabaseConfig
 from jobpub.metrics import Metrics
-from jobpub.models import PUBLISHED, Delivery, Outcome
-from jobpub.store import PostgresStore, migrate
+from jobpub.models import PUBLISHED, Delivery, Outcome, Settled
 from testbed.daemon import make_settings
 from testbed.proxy import proxy_to
 
@@ -30,14 +36,41 @@ async def insert_due(db: Conn, count: int, *, topic: str = "t/x", offset: str = 
     )
 
 
+@dataclass(frozen=True)
+class Store:
+    """The database side of one replica, as the daemon composes it (jobpub.app)."""
+
+    claimer: Claimer
+    completer: Completer
+
+    async def claim(self) -> ClaimedBatch:
+        return await self.claimer.claim()
+
+    async def settle(self, batch: ClaimedBatch, outcomes: Sequence[Outcome]) -> Settled:
+        return await self.completer.settle(batch, outcomes)
+
+    async def release(self, batch: ClaimedBatch) -> None:
+        await self.completer.release(batch)
+
+
 @contextlib.asynccontextmanager
-async def opened_store(db_url: str, **overrides: Any) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(make_settings(db_url, "mqtt://127.0.0.1:1", **overrides), Metrics())
-    await store.open()
+async def opened_store(db_url: str, **overrides: Any) -> AsyncIterator[Store]:
+    """Claimer and Completer over one pool, configured from settings as the daemon does."""
+    settings = make_settings(db_url, "mqtt://127.0.0.1:1", **overrides)
+    database = Database(DatabaseConfig(db_url, pool_size=settings.concurrency))
+    claim = ClaimConfig(
+        limit=settings.batch_size,
+        lookahead=settings.lookahead,
+        consumer_count=settings.consumer_count,
+        consumer_index=settings.consumer_index,
+        takeover_delay=settings.takeover_delay,
+    )
+    retry = RetryPolicy(settings.max_attempts, settings.retry_backoff, settings.retry_backoff_max)
+    await database.open()
     try:
-        yield store
+        yield Store(Claimer(database, claim, Metrics()), Completer(database, retry))
     finally:
-        await store.close()
+        await database.close()
 
 
 async def test_migrate_is_idempotent_and_safe_when_run_concurrently(empty_db_url: str) -> None:
@@ -122,7 +155,7 @@ async def test_infinite_fire_at_left_from_before_the_constraint_does_not_break_c
         assert [(job.topic, job.due_in) for job in batch.jobs] == [("t/always", 0)]
         assert batch.next_wake_in is not None
         assert 3590 < batch.next_wake_in <= 3600, "an `infinity` row is never the next wake"
-        await batch.release()
+        await store.release(batch)
 
 
 async def test_null_topic_and_payload_are_refused(db: Conn) -> None:
@@ -209,7 +242,7 @@ async def test_next_wake_is_the_earlier_of_the_next_row_and_the_next_retry(
         assert batch.jobs == []
         assert batch.next_wake_in is not None
         assert 1790 < batch.next_wake_in <= 1800
-        await batch.release()
+        await store.release(batch)
 
 
 async def test_under_a_backlog_claims_take_the_oldest_rows_of_one_lane(
@@ -226,7 +259,7 @@ async def test_under_a_backlog_claims_take_the_oldest_rows_of_one_lane(
         third = await store.claim()  # the next lane
         assert {job.id % queries.LANES for job in third.jobs} == {(lane + 1) % queries.LANES}
         for batch in (first, second, third):
-            await batch.release()
+            await store.release(batch)
 
 
 async def test_a_nearly_drained_lane_gives_way_to_the_oldest_rows_of_all(
@@ -240,7 +273,7 @@ async def test_a_nearly_drained_lane_gives_way_to_the_oldest_rows_of_all(
             [1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15],
         ]  # fmt: skip
         for batch in batches:
-            await batch.release()
+            await store.release(batch)
 
 
 async def test_a_static_partition_claims_in_order_without_lanes(db_url: str, db: Conn) -> None:
@@ -249,8 +282,8 @@ async def test_a_static_partition_claims_in_order_without_lanes(db_url: str, db:
         first, second = await store.claim(), await store.claim()
         assert [job.id for job in first.jobs] == [2, 4, 6, 8, 10]
         assert [job.id for job in second.jobs] == [12, 14, 16, 18, 20]
-        await first.release()
-        await second.release()
+        await store.release(first)
+        await store.release(second)
 
 
 async def test_claim_takes_due_rows_in_order_and_never_future_ones(db_url: str, db: Conn) -> None:
@@ -265,7 +298,7 @@ async def test_claim_takes_due_rows_in_order_and_never_future_ones(db_url: str, 
         assert [job.topic for job in batch.jobs] == ["t/late", "t/due"]
         assert batch.next_wake_in is not None
         assert 3590 < batch.next_wake_in <= 3600
-        await batch.release()
+        await store.release(batch)
 
 
 async def test_concurrent_claims_are_disjoint_and_bounded_by_the_limit(
@@ -278,7 +311,7 @@ async def test_concurrent_claims_are_disjoint_and_bounded_by_the_limit(
         assert [len(batch.jobs) for batch in batches] == [100] * 4
         assert len(set(ids)) == 400
         for batch in batches:
-            await batch.release()
+            await store.release(batch)
 
 
 async def test_settle_marks_published_dead_and_retrying_rows(db_url: str, db: Conn) -> None:
@@ -291,7 +324,7 @@ async def test_settle_marks_published_dead_and_retrying_rows(db_url: str, db: Co
             Outcome(Delivery.FAILED, "broker_0x97", "quota exceeded"),
             Outcome(Delivery.NOT_SENT, "connection_lost", "gone"),
         ]
-        settled = await batch.settle(outcomes)
+        settled = await store.settle(batch, outcomes)
         assert (settled.published, settled.dead, settled.retrying, settled.released) == (1, 1, 1, 1)
         cursor = await db.execute(
             "SELECT processed, processed_at IS NOT NULL, failed_at IS NOT NULL, attempts,"
@@ -306,12 +339,12 @@ async def test_settle_marks_published_dead_and_retrying_rows(db_url: str, db: Co
         # The retrying row is not claimable until its backoff ends; the released one is.
         again = await store.claim()
         assert [job.id for job in again.jobs] == [batch.jobs[3].id]
-        await again.release()
+        await store.release(again)
         # Out of attempts: the second failure makes it dead.
         await db.execute("UPDATE jobs SET next_attempt_at = now() WHERE attempts = 1")
         third = await store.claim()
         failing = [Outcome(Delivery.FAILED, "broker_0x97", "again") for _ in third.jobs]
-        assert (await third.settle(failing)).dead == 1
+        assert (await store.settle(third, failing)).dead == 1
 
 
 async def test_rows_published_before_a_lost_commit_are_marked_on_a_new_connection(
@@ -330,7 +363,7 @@ async def test_rows_published_before_a_lost_commit_are_marked_on_a_new_connectio
         async with await psycopg.AsyncConnection.connect(db_url) as other_replica:
             await other_replica.execute("SELECT FROM jobs WHERE id = %s FOR UPDATE", (ids[1],))
             outcomes = [PUBLISHED] * 4 + [Outcome(Delivery.NOT_SENT, "connection_lost", "gone")]
-            settled = await batch.settle(outcomes)
+            settled = await store.settle(batch, outcomes)
         assert (settled.published, settled.released) == (2, 3)
         cursor = await db.execute("SELECT id FROM jobs WHERE processed ORDER BY id")
         assert [row[0] for row in await cursor.fetchall()] == ids[2:4]
@@ -348,8 +381,10 @@ async def test_rows_of_a_lost_commit_are_marked_when_a_long_outage_ends(
         async with opened_store(proxied) as store:
             batch = await store.claim()
             await proxy.cut()
-            settling = asyncio.create_task(batch.settle([PUBLISHED] * 3), name="settle")
-            await asyncio.sleep(6)  # the outage: longer than the 5 s this once allowed
+            settling = asyncio.create_task(store.settle(batch, [PUBLISHED] * 3), name="settle")
+            # The outage: longer than the 5 s this once allowed, and the settle still tries.
+            done, _ = await asyncio.wait({settling}, timeout=6)
+            assert not done, "the settle gave up while the database was away"
             await proxy.open()
             settled = await asyncio.wait_for(settling, 10)
     assert (settled.published, settled.commit_lost) == (3, True)
@@ -368,4 +403,32 @@ async def test_partition_takes_own_rows_and_overdue_rows_of_others(db_url: str, 
         assert all(job.id % 2 == 1 for job in recent)
         assert len(recent) == 5
         assert len(overdue) == 10, "rows overdue past the takeover delay go to any replica"
-        await batch.release()
+        await store.release(batch)
+
+
+async def test_the_lane_index_splits_rows_as_the_lane_claim_does(db: Conn) -> None:
+    cursor = await db.execute(
+        "SELECT indexname, indexdef FROM pg_indexes"
+        " WHERE tablename = 'jobs' AND indexname LIKE 'jobs_pending_%%'"
+    )
+    indexes: dict[str, str] = dict(await cursor.fetchall())
+    # PostgreSQL prints the expression back as ((id % (16)::bigint)).
+    modulus = re.search(r"\(\(id % \((\d+)\)::bigint\)\)", indexes["jobs_pending_lane_idx"])
+    assert modulus is not None, indexes["jobs_pending_lane_idx"]
+    assert int(modulus.group(1)) == queries.LANES
+    assert f"AND id %% {queries.LANES} = %(lane)s::bigint" in queries.CLAIM_DUE_JOBS_IN_LANE
+    # Both partial indexes cover exactly the rows the claims call pending.
+    for definition in indexes.values():
+        assert definition.endswith("WHERE ((NOT processed) AND (failed_at IS NULL))"), definition
+
+
+@pytest.mark.parametrize(
+    ("statement", "partitioned"),
+    [("CLAIM_DUE_JOBS", True), ("CLAIM_DUE_JOBS_IN_LANE", False), ("NEXT_WAKE", True)],
+)
+def test_each_claim_statement_holds_the_shared_predicates(
+    statement: str, partitioned: bool
+) -> None:
+    text = getattr(queries, statement)
+    assert queries.PENDING in text
+    assert (queries.OWN_PARTITION in text) is partitioned

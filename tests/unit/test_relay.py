@@ -1,10 +1,13 @@
-"""The cycle with fakes of our own Protocols (JobSource, ClaimedBatch, Publisher)."""
+"""The cycle with fakes of our own Protocols (JobSource, BatchCompleter, Publisher)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
+
+from structlog.testing import capture_logs
 
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.metrics import Metrics
@@ -15,21 +18,44 @@ from testbed.waiting import eventually
 
 class FakeBatch:
     def __init__(
-        self, jobs: list[Job], next_wake_in: float | None = None, *, commit_lost: bool = False
+        self,
+        jobs: list[Job],
+        next_wake_in: float | None = None,
+        *,
+        commit_lost: bool = False,
+        commit: asyncio.Event | None = None,
     ) -> None:
         self.jobs = jobs
         self.claimed_at = time.monotonic()
         self.next_wake_in = next_wake_in
         self.settled: list[Outcome] | None = None
         self.released = False
+        self.committing = False
+        self.commit_cut = False  # the settle was cancelled while it committed
         self._commit_lost = commit_lost
+        self._commit = commit  # if given, the commit waits for it
 
     async def settle(self, outcomes: Sequence[Outcome]) -> Settled:
+        self.committing = True
+        if self._commit is not None:
+            try:
+                await self._commit.wait()
+            except asyncio.CancelledError:
+                self.commit_cut = True
+                raise
         self.settled = list(outcomes)
         return Settled(len(outcomes), 0, 0, 0, commit_lost=self._commit_lost)
 
     async def release(self) -> None:
         self.released = True
+
+
+class FakeCompleter:
+    async def settle(self, batch: FakeBatch, outcomes: Sequence[Outcome]) -> Settled:
+        return await batch.settle(outcomes)
+
+    async def release(self, batch: FakeBatch) -> None:
+        await batch.release()
 
 
 class FakeSource:
@@ -60,9 +86,11 @@ class FakePublisher:
     def __init__(self, *, connected: bool = True, hold: asyncio.Event | None = None) -> None:
         self.connected = connected
         self.sent: list[tuple[float, Job]] = []
+        self.waits = 0  # calls of wait_connected: the claim loop's turns while disconnected
         self._hold = hold
 
     async def wait_connected(self, timeout: float) -> bool:
+        self.waits += 1
         await asyncio.sleep(min(timeout, 0.01))
         return self.connected
 
@@ -94,7 +122,7 @@ def job(job_id: int, due_in: float) -> Job:
     return Job(job_id, f"t/{job_id}", "x", 1, False, due_in)
 
 
-async def run_until(relay: Relay, condition: Callable[[], bool], what: str) -> None:
+async def run_until(relay: Relay[Any], condition: Callable[[], bool], what: str) -> None:
     """Run the relay until `condition` holds (2 s at most), then stop it."""
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop), name="relay-under-test")
@@ -105,20 +133,24 @@ async def run_until(relay: Relay, condition: Callable[[], bool], what: str) -> N
         await asyncio.wait_for(task, 5)
 
 
-async def run_for(relay: Relay, seconds: float) -> None:
-    """Run the relay for a window in which something must NOT happen, then stop it."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop), name="relay-under-test")
-    await asyncio.sleep(seconds)
-    stop.set()
-    await asyncio.wait_for(task, 5)
+def relay_of(
+    source: FakeSource, publisher: FakePublisher, metrics: Metrics, relay_config: RelayConfig
+) -> Relay[FakeBatch]:
+    return Relay(source, FakeCompleter(), publisher, metrics, relay_config)
+
+
+async def let_ready_tasks_run(turns: int = 50) -> None:
+    """Give every task that can run its turns (a wake and the claim it causes take a
+    few): not a wait for time to pass, so nothing here depends on the machine's speed."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
 
 
 async def test_each_job_goes_out_no_earlier_than_its_time() -> None:
     batch = FakeBatch([job(1, -5.0), job(2, 0.0), job(3, 0.05), job(4, 0.12)])
     publisher = FakePublisher()
     metrics = Metrics()
-    relay = Relay(FakeSource(batch), publisher, metrics, config())
+    relay = relay_of(FakeSource(batch), publisher, metrics, config())
     await run_until(relay, lambda: batch.settled is not None, "the batch settled")
     assert [j.id for _, j in publisher.sent] == [1, 2, 3, 4]
     for sent_at, sent in publisher.sent:
@@ -134,8 +166,9 @@ async def test_each_job_goes_out_no_earlier_than_its_time() -> None:
 
 async def test_nothing_is_claimed_while_the_broker_is_down() -> None:
     source = FakeSource(FakeBatch([job(1, -1)]))
-    relay = Relay(source, FakePublisher(connected=False), Metrics(), config())
-    await run_for(relay, 0.1)
+    publisher = FakePublisher(connected=False)
+    relay = relay_of(source, publisher, Metrics(), config())
+    await run_until(relay, lambda: publisher.waits >= 10, "ten turns of the claim loop")
     assert source.claims == 0
 
 
@@ -143,29 +176,29 @@ async def test_database_errors_are_survived_and_reported() -> None:
     batch = FakeBatch([job(1, -1)])
     source = FakeSource(DatabaseUnavailable("down"), batch)
     metrics = Metrics()
-    relay = Relay(source, FakePublisher(), metrics, config())
+    relay = relay_of(source, FakePublisher(), metrics, config())
     await run_until(relay, lambda: batch.settled is not None, "the batch after the error")
     assert batch.settled == [PUBLISHED]
-    assert relay.database_ok
+    assert relay.health.ready
 
 
 async def test_after_lost_connections_claims_wait_for_other_replicas_to_mark() -> None:
     batch = FakeBatch([job(1, -1)])
     source = FakeSource(DatabaseUnavailable("connection lost"), batch, failed_checks=1)
-    relay = Relay(source, FakePublisher(), Metrics(), config(rejoin_delay=0.2))
+    relay = relay_of(source, FakePublisher(), Metrics(), config(rejoin_delay=0.2))
     await run_until(relay, lambda: batch.settled is not None, "the batch after the loss")
     names = [name for name, _ in source.calls]
     assert names[:4] == ["claim", "check", "check", "claim"], "no claim before the pause"
     answered_at, claimed_at = source.calls[2][1], source.calls[3][1]
     assert claimed_at - answered_at >= 0.2
-    assert relay.database_ok
+    assert relay.health.ready
 
 
 async def test_a_lost_commit_pauses_claims_the_same_way() -> None:
     lost = FakeBatch([job(1, -1)], commit_lost=True)
     later = FakeBatch([job(2, -1)])
     source = FakeSource(lost, later)
-    relay = Relay(source, FakePublisher(), Metrics(), config(rejoin_delay=0.2))
+    relay = relay_of(source, FakePublisher(), Metrics(), config(rejoin_delay=0.2))
     await run_until(relay, lambda: later.settled is not None, "the batch after the pause")
     checked = next(at for name, at in source.calls if name == "check")
     claimed = next(at for name, at in source.calls if name == "claim" and at > checked)
@@ -180,7 +213,7 @@ async def test_a_commit_lost_while_the_loop_waits_for_a_slot_still_pauses_claims
     later = FakeBatch([job(99, -1)])
     source = FakeSource(lost, later)
     publisher = FakePublisher(hold=acks)
-    relay = Relay(source, publisher, Metrics(), config(concurrency=1, rejoin_delay=0.2))
+    relay = relay_of(source, publisher, Metrics(), config(concurrency=1, rejoin_delay=0.2))
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop), name="relay-under-test")
     try:
@@ -199,7 +232,7 @@ async def test_a_commit_lost_while_the_loop_waits_for_a_slot_still_pauses_claims
 async def test_a_refused_claim_is_retried_without_the_pause() -> None:
     batch = FakeBatch([job(1, -1)])
     source = FakeSource(DatabaseError("permission denied for table jobs"), batch)
-    relay = Relay(source, FakePublisher(), Metrics(), config(rejoin_delay=60))
+    relay = relay_of(source, FakePublisher(), Metrics(), config(rejoin_delay=60))
     await run_until(relay, lambda: batch.settled is not None, "the batch after the refusal")
     assert [name for name, _ in source.calls][:2] == ["claim", "claim"]
 
@@ -207,14 +240,14 @@ async def test_a_refused_claim_is_retried_without_the_pause() -> None:
 async def test_a_full_batch_is_followed_by_another_claim_at_once() -> None:
     full = FakeBatch([job(i, -1) for i in range(10)])
     source = FakeSource(full, FakeBatch([job(99, -1)]))
-    relay = Relay(source, FakePublisher(), Metrics(), config(poll_interval=60))
+    relay = relay_of(source, FakePublisher(), Metrics(), config(poll_interval=60))
     await run_until(relay, lambda: source.claims >= 2, "a second claim")
     assert source.claims >= 2, "the poll interval must not delay a backlog"
 
 
 async def test_a_notification_wakes_the_idle_loop() -> None:
     source = FakeSource()
-    relay = Relay(source, FakePublisher(), Metrics(), config(poll_interval=60))
+    relay = relay_of(source, FakePublisher(), Metrics(), config(poll_interval=60))
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop), name="relay-under-test")
     await eventually(lambda: source.claims >= 1, 2, "the first claim")
@@ -228,12 +261,12 @@ async def test_a_notification_wakes_the_idle_loop() -> None:
 
 async def test_a_hint_far_beyond_the_planned_wake_is_ignored() -> None:
     source = FakeSource(FakeBatch([], next_wake_in=30.0))
-    relay = Relay(source, FakePublisher(), Metrics(), config(poll_interval=60))
+    relay = relay_of(source, FakePublisher(), Metrics(), config(poll_interval=60))
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop), name="relay-under-test")
     await eventually(lambda: source.claims >= 1, 2, "the first claim")
     relay.notify(time.time() + 3600)
-    await asyncio.sleep(0.05)  # a window in which no claim may happen
+    await let_ready_tasks_run()  # a claim it caused would happen now
     assert source.claims == 1
     relay.notify(time.time() + 1)  # earlier than planned: claim now
     await eventually(lambda: source.claims >= 2, 2, "a claim after the earlier hint")
@@ -246,12 +279,14 @@ async def test_stop_waits_for_in_flight_acks_then_settles() -> None:
     hold = asyncio.Event()
     batch = FakeBatch([job(1, -1)])
     publisher = FakePublisher(hold=hold)
-    relay = Relay(FakeSource(batch), publisher, Metrics(), config())
+    relay = relay_of(FakeSource(batch), publisher, Metrics(), config())
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop), name="relay-under-test")
     await eventually(lambda: bool(publisher.sent), 2, "the batch in flight")
-    stop.set()
-    await asyncio.sleep(0.1)  # a window in which the drain must not end
+    with capture_logs() as logs:
+        stop.set()
+        await eventually(lambda: any(e["event"] == "draining" for e in logs), 2, "the drain")
+        await let_ready_tasks_run()  # were the drain not waiting, it would end now
     assert not task.done(), "the drain waits for the in-flight batch"
     hold.set()
     await asyncio.wait_for(task, 5)
@@ -261,7 +296,29 @@ async def test_stop_waits_for_in_flight_acks_then_settles() -> None:
 async def test_drain_timeout_releases_the_batch() -> None:
     batch = FakeBatch([job(1, -1)])
     publisher = FakePublisher(hold=asyncio.Event())
-    relay = Relay(FakeSource(batch), publisher, Metrics(), config(shutdown_timeout=0.1))
+    relay = relay_of(FakeSource(batch), publisher, Metrics(), config(shutdown_timeout=0.1))
     await run_until(relay, lambda: bool(publisher.sent), "the batch in flight")
     assert batch.released
     assert batch.settled is None
+
+
+async def test_drain_timeout_lets_a_settle_finish_its_commit() -> None:
+    # Cut mid-commit, a settle would leave the broker's messages unmarked: published
+    # again by the next claim. Only publishing is cut short by the drain timeout.
+    commit = asyncio.Event()
+    batch = FakeBatch([job(1, -1)], commit=commit)
+    relay = relay_of(FakeSource(batch), FakePublisher(), Metrics(), config(shutdown_timeout=0.1))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop), name="relay-under-test")
+    with capture_logs() as logs:
+        await eventually(lambda: batch.committing, 2, "the batch committing")
+        stop.set()
+        await eventually(
+            lambda: any(e["event"] == "drain_timed_out" for e in logs), 2, "the drain timeout"
+        )
+        await let_ready_tasks_run()  # were the commit cancelled, it would be now
+        assert not task.done(), "the relay waits for the commit to end"
+        commit.set()
+        await asyncio.wait_for(task, 5)
+    assert not batch.commit_cut
+    assert batch.settled == [PUBLISHED]

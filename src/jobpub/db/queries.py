@@ -5,8 +5,20 @@
 
 from typing import Final, LiteralString
 
-# The pending predicate matches the partial index jobs_pending_fire_at_idx exactly,
-# so the planner can use it; keep the two in step.
+# Three predicates recur below and must agree with the indexes of sql/; they are
+# written out whole in each statement, and tests/integration/test_schema_and_claim.py
+# checks each statement holds them verbatim and the indexes match (pg_indexes).
+# Pending: exactly the predicate of the partial indexes jobs_pending_fire_at_idx and
+# jobs_pending_lane_idx, so the planner can use them.
+PENDING: Final[LiteralString] = "NOT processed AND failed_at IS NULL"
+# A replica's own share under a static partition (JOBPUB_CONSUMER_COUNT > 1).
+OWN_PARTITION: Final[LiteralString] = (
+    "(%(consumer_count)s::int = 1\n"
+    "       OR id %% %(consumer_count)s::int = %(consumer_index)s::int"
+)
+# Lanes: jobs_pending_lane_idx (sql/0004_claim_lanes.sql) is on (id % 16); LANES and
+# the 16 in CLAIM_DUE_JOBS_IN_LANE must equal it.
+LANES: Final = 16
 
 # Claim up to `limit` due rows in one statement. A plain SELECT … FOR UPDATE SKIP
 # LOCKED under LIMIT locks exactly the rows it returns (LockRows sits below Limit),
@@ -19,7 +31,9 @@ from typing import Final, LiteralString
 # at its own time. `due_in` is fire_at - now() in seconds; an infinite fire_at left from
 # before the constraint (`-infinity` is due; `infinity` never is) counts as due now,
 # since PostgreSQL cannot subtract it.
-_CLAIM_COLUMNS: Final[LiteralString] = """
+# The oldest due rows of all. Rows outside this replica's static partition are taken
+# too once overdue by `takeover_delay`, so a dead partner's share still fires.
+CLAIM_DUE_JOBS: Final[LiteralString] = """
 SELECT id, topic, payload::text, qos, retain,
        CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
             ELSE 0 END AS due_in,
@@ -28,36 +42,37 @@ FROM jobs
 WHERE NOT processed AND failed_at IS NULL
   AND fire_at <= now() + make_interval(secs => %(lookahead)s)
   AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-"""
-_CLAIM_OLDEST: Final[LiteralString] = """
+  AND (%(consumer_count)s::int = 1
+       OR id %% %(consumer_count)s::int = %(consumer_index)s::int
+       OR fire_at <= now() - make_interval(secs => %(takeover_delay)s))
 ORDER BY fire_at, id
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 """
 
-# The oldest due rows of all. Rows outside this replica's static partition are taken
-# too once overdue by `takeover_delay`, so a dead partner's share still fires.
-CLAIM_DUE_JOBS: Final[LiteralString] = (
-    _CLAIM_COLUMNS
-    + """  AND (%(consumer_count)s::int = 1
-       OR id %% %(consumer_count)s::int = %(consumer_index)s::int
-       OR fire_at <= now() - make_interval(secs => %(takeover_delay)s))"""
-    + _CLAIM_OLDEST
-)
-
 # Under a backlog, claims that all start at the head of jobs_pending_fire_at_idx step
 # over every row the others hold locked, a heap visit and a lock attempt each: with 4
 # replicas with 2 batches each in flight, 7 rows skipped per row claimed, over a third
 # of PostgreSQL's CPU in a DB-only drain with 8 claims in flight (measured).
-# jobs_pending_lane_idx (migration 0004) splits pending rows into LANES lanes by id, so
-# a claim under a backlog takes the oldest due rows of one lane, and claims in flight at
-# once mostly hold different lanes.
-# Order holds within a lane; across lanes it may differ by a few batches. Same due
-# predicate as above: never early. The 16 must match the index expression.
-LANES: Final = 16
-CLAIM_DUE_JOBS_IN_LANE: Final[LiteralString] = (
-    _CLAIM_COLUMNS + "  AND id %% 16 = %(lane)s::bigint" + _CLAIM_OLDEST
-)
+# jobs_pending_lane_idx splits pending rows into LANES lanes by id, so a claim under a
+# backlog takes the oldest due rows of one lane, and claims in flight at once mostly
+# hold different lanes. Order holds within a lane; across lanes it may differ by a few
+# batches. The same columns and due predicate as CLAIM_DUE_JOBS: never early. Used only
+# without a static partition, so there is no partition predicate.
+CLAIM_DUE_JOBS_IN_LANE: Final[LiteralString] = """
+SELECT id, topic, payload::text, qos, retain,
+       CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
+            ELSE 0 END AS due_in,
+       xmin::text AS version
+FROM jobs
+WHERE NOT processed AND failed_at IS NULL
+  AND fire_at <= now() + make_interval(secs => %(lookahead)s)
+  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+  AND id %% 16 = %(lane)s::bigint
+ORDER BY fire_at, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
 
 # Run first in every claim's transaction. A claim wants one plan only: walk its partial
 # index (jobs_pending_fire_at_idx, or jobs_pending_lane_idx) in order and stop after
@@ -82,7 +97,7 @@ SELECT extract(epoch FROM least(
        AND fire_at > now() + make_interval(secs => %(lookahead)s)
        AND fire_at < 'infinity'
        AND (%(consumer_count)s::int = 1
-            OR id %% %(consumer_count)s::int = %(consumer_index)s::int)
+       OR id %% %(consumer_count)s::int = %(consumer_index)s::int)
      ORDER BY fire_at LIMIT 1),
     (SELECT next_attempt_at FROM jobs
      WHERE NOT processed AND failed_at IS NULL AND next_attempt_at > now()

@@ -1,0 +1,131 @@
+"""Claiming due rows: what a claim asks for, which lane it takes, and what it returns."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from jobpub.db import queries
+from jobpub.db.database import Database, Transaction, database_errors
+from jobpub.metrics import Metrics
+from jobpub.models import Job
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimConfig:
+    limit: int  # rows per claim (JOBPUB_BATCH_SIZE)
+    lookahead: float
+    consumer_count: int
+    consumer_index: int
+    takeover_delay: float
+
+    def params(self) -> dict[str, object]:
+        return {
+            "limit": self.limit,
+            "lookahead": self.lookahead,
+            "consumer_count": self.consumer_count,
+            "consumer_index": self.consumer_index,
+            "takeover_delay": self.takeover_delay,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedBatch:
+    """Claimed rows, locked by `transaction` until a Completer settles or releases them."""
+
+    jobs: list[Job]
+    claimed_at: float  # time.monotonic() when the rows arrived
+    next_wake_in: float | None  # seconds from claimed_at until the next known job is due
+    transaction: Transaction
+
+
+class LanePicker:
+    """Which lane, if any, the next claim takes (see queries.CLAIM_DUE_JOBS_IN_LANE).
+
+    Only under a backlog (the last claim was full) and with no static partition. A
+    replica starts at a random lane and moves one lane on per claim, so its own claims
+    never share a lane and other replicas' rarely do. A lane that comes back short is
+    nearly drained: the claim falls back to all lanes, and lanes rest for a round.
+    """
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._enabled = enabled
+        self._next = random.randrange(queries.LANES)  # noqa: S311 - spreading, not secrecy
+        self._resting = 0  # claims to make over all lanes before trying lanes again
+        self.backlog = False
+
+    def pick(self) -> int | None:
+        if not (self._enabled and self.backlog):
+            return None
+        if self._resting:
+            self._resting -= 1
+            return None
+        lane, self._next = self._next, (self._next + 1) % queries.LANES
+        return lane
+
+    def rest(self) -> None:
+        self._resting = queries.LANES
+
+
+class Claimer:
+    """Claims due rows, each batch in a transaction of its own on a pooled connection."""
+
+    def __init__(self, database: Database, config: ClaimConfig, metrics: Metrics) -> None:
+        self._database = database
+        self._config = config
+        self._metrics = metrics
+        self._lanes = LanePicker(enabled=config.consumer_count == 1)
+
+    async def claim(self) -> ClaimedBatch:
+        """Claim due rows in a new transaction; a Completer settles or releases the batch."""
+        started = time.monotonic()
+        limit = self._config.limit
+        with database_errors("claiming jobs"):
+            connection = await self._database.acquire()
+            try:
+                async with connection.cursor() as cursor:
+                    lane = self._lanes.pick()
+                    rows = await self._claim_rows(cursor, lane)
+                    if lane is not None and len(rows) < limit:
+                        # This lane is nearly drained: give its rows back and take the
+                        # oldest of all lanes, so a backlog never looks like its end.
+                        await connection.rollback()
+                        self._lanes.rest()
+                        rows = await self._claim_rows(cursor, None)
+                    self._lanes.backlog = len(rows) >= limit
+                    claimed_at = time.monotonic()
+                    next_wake_in = None
+                    if len(rows) < limit:
+                        await cursor.execute(queries.NEXT_WAKE, self._config.params())
+                        found = await cursor.fetchone()
+                        next_wake_in = found[0] if found else None
+            except BaseException:
+                await self._database.discard(connection)
+                raise
+        self._metrics.claim_duration.observe(claimed_at - started)
+        return ClaimedBatch(
+            jobs=list(map(Job._make, rows)),
+            claimed_at=claimed_at,
+            next_wake_in=next_wake_in,
+            transaction=Transaction(connection),
+        )
+
+    async def check(self) -> None:
+        """Return when the database answers; raise DatabaseUnavailable when it does not."""
+        await self._database.check()
+
+    async def _claim_rows(
+        self, cursor: psycopg.AsyncCursor[Any], lane: int | None
+    ) -> list[tuple[Any, ...]]:
+        await cursor.execute(queries.CLAIM_PLAN)
+        if lane is None:
+            await cursor.execute(queries.CLAIM_DUE_JOBS, self._config.params())
+        else:
+            await cursor.execute(
+                queries.CLAIM_DUE_JOBS_IN_LANE, {**self._config.params(), "lane": lane}
+            )
+        return await cursor.fetchall()
