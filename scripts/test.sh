@@ -63,6 +63,6 @@ say "ruff";          ruff check src tests bench testbed
 say "mypy";          mypy
 say "import-linter"; lint-imports
 say "hadolint";      hadolint Dockerfile
-say "compose";       docker-compose config -q
+say "compose";       docker-compose --env-file .env.example config -q
                      echo "docker-compose.yml is valid"
 say "pytest";        pytest "$@"

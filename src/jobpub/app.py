@@ -162,5 +162,5 @@ async def _sample_backlog(
         else:
             metrics.jobs_due.set(due)
             metrics.jobs_scheduled.set(scheduled)
-            metrics.jobs_dead_total.set(dead)
+            metrics.dead_jobs.set(dead)
         await wait_for_event(stop, interval)

@@ -113,7 +113,7 @@ class Metrics:
             "jobpub_jobs_scheduled", "Pending jobs whose fire_at is ahead (sampled).", registry=r
         )
         # Rows in the table now; named apart from jobpub_jobs_dead_total, which counts events.
-        self.jobs_dead_total = Gauge(
+        self.dead_jobs = Gauge(
             "jobpub_dead_jobs", "Dead rows currently in the jobs table (sampled).", registry=r
         )
         self.database_up = Gauge(

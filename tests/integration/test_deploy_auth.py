@@ -21,9 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.support.broker import free_port, port_open
-from tests.support.postgres_server import start_postgres
-from tests.support.waiting import wait_until
+from testbed.broker import free_port, port_open
+from testbed.postgres_server import start_postgres
+from testbed.waiting import wait_until
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 ACCOUNTS_SCRIPT = DEPLOY / "mosquitto" / "accounts.sh"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobpub import app
-from tests.support.daemon import make_settings
+from testbed.daemon import make_settings
 
 
 def test_the_broker_url_is_parsed_once() -> None:

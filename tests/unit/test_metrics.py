@@ -37,7 +37,7 @@ def test_lag_is_exposed_in_the_text_format() -> None:
 def test_dead_rows_and_dead_events_are_told_apart_by_name() -> None:
     metrics = Metrics()
     metrics.dead.inc()
-    metrics.jobs_dead_total.set(3)
+    metrics.dead_jobs.set(3)
     text = metrics.render().decode()
     assert "# TYPE jobpub_jobs_dead_total counter" in text
     assert "jobpub_jobs_dead_total 1.0" in text
