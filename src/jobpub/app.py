@@ -12,7 +12,7 @@ import structlog
 from jobpub.errors import DatabaseError
 from jobpub.http import HttpServer, Response
 from jobpub.metrics import CONTENT_TYPE, Metrics
-from jobpub.publisher import MqttPublisher
+from jobpub.publisher import MqttPublisher, PublisherConfig
 from jobpub.relay import Relay, RelayConfig
 from jobpub.settings import Settings, redact_url
 from jobpub.store import PostgresStore
@@ -33,7 +33,7 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
     """Run one replica until `stop` is set, then drain and close in reverse order."""
     metrics = metrics or Metrics()
     store = PostgresStore(settings, metrics)
-    publisher = MqttPublisher(settings, metrics)
+    publisher = MqttPublisher(_publisher_config(settings), metrics)
     relay = Relay(
         store,
         publisher,
@@ -125,3 +125,23 @@ async def _sample_backlog(
             metrics.jobs_scheduled.set(scheduled)
             metrics.jobs_dead_total.set(dead)
         await wait_for_event(stop, interval)
+
+
+def _publisher_config(settings: Settings) -> PublisherConfig:
+    endpoint = settings.mqtt
+    return PublisherConfig(
+        host=endpoint.host,
+        port=endpoint.port,
+        client_id=f"{settings.mqtt_client_id_prefix}-{os.urandom(6).hex()}",
+        protocol=settings.mqtt_protocol,
+        username=endpoint.username,
+        password=endpoint.password.get_secret_value() if endpoint.password else None,
+        tls=endpoint.tls,
+        ca_file=settings.mqtt_ca_file,
+        cert_file=settings.mqtt_cert_file,
+        key_file=settings.mqtt_key_file,
+        keepalive=settings.mqtt_keepalive,
+        ack_timeout=settings.mqtt_ack_timeout,
+        inflight=settings.mqtt_inflight,
+        topic_prefixes=settings.allowed_topic_prefixes,
+    )
