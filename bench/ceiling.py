@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 
-from jobpub.mqtt import PROTOCOL_V5, Answer, Message, MqttConnection, PublishProperties
+from jobpub.mqtt import PROTOCOL_V5, Answer, Message, MqttConnection
 
 CONNECTIONS = 2
 
@@ -30,7 +30,7 @@ async def _publish(port: int, prefix: str, ids: range, batch: int, connections: 
         messages = [
             Message(
                 f"{prefix}/{i}", f'{{"n":{i}}}'.encode(), 1, False,
-                PublishProperties((("jobpub-job-id", str(i)),)),
+                (("jobpub-job-id", str(i)),),
             )
             for i in ids
         ]  # fmt: skip

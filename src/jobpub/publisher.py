@@ -29,10 +29,8 @@ from jobpub.mqtt import (
     Message,
     MqttConnection,
     MqttError,
-    PublishProperties,
     Result,
     Unsendable,
-    topic_problem,
 )
 from jobpub.waiting import wait_for_event
 
@@ -46,6 +44,7 @@ JOB_ID_PROPERTY: Final = "jobpub-job-id"  # MQTT 5 user property: consumers de-d
 _PERMANENT_REFUSALS: Final = frozenset({0x87, 0x90, 0x99})
 # What the connection found unsendable, by the reason code it named: metric labels.
 _UNSENDABLE_REASONS: Final = {
+    0x81: "invalid_qos",
     0x90: "invalid_topic",
     0x95: "packet_too_large",
     0x9A: "retain_not_supported",
@@ -115,35 +114,39 @@ class MqttPublisher:
         if connection is None or not connection.is_open:
             future.set_result([_NOT_CONNECTED] * len(jobs))
             return future
-        refusals = [self._refusal(job) for job in jobs]
-        with_job_id = self._version == PROTOCOL_V5
-        messages = [
-            _message(job, with_job_id) for job, refusal in zip(jobs, refusals, strict=True)
-            if refusal is None
-        ]  # fmt: skip
+        prefixes = self._config.topic_prefixes
+        sendable: Sequence[Job]
+        if prefixes:
+            allowed = [job.topic.startswith(prefixes) for job in jobs]
+            sendable = [job for job, ok in zip(jobs, allowed, strict=True) if ok]
+        else:
+            allowed, sendable = None, jobs
+        # The hot path: one Message per job and nothing else (protocol checks are the
+        # connection's; their answers come back as Unsendable).
+        if self._version == PROTOCOL_V5:
+            messages = [
+                Message(
+                    job.topic, job.payload.encode(), job.qos, job.retain,
+                    ((JOB_ID_PROPERTY, str(job.id)),),
+                )
+                for job in sendable
+            ]  # fmt: skip
+        else:
+            messages = [
+                Message(job.topic, job.payload.encode(), job.qos, job.retain) for job in sendable
+            ]
 
         def judge(sent: asyncio.Future[list[Result]]) -> None:
             if future.done():  # the caller gave up on it (cancelled)
                 return
-            results = iter(sent.result())
-            future.set_result(
-                [_outcome(next(results)) if refusal is None else refusal for refusal in refusals]
-            )
+            outcomes = [PUBLISHED if r is ACCEPTED else _outcome(r) for r in sent.result()]
+            if allowed is not None:
+                sent_outcomes = iter(outcomes)
+                outcomes = [next(sent_outcomes) if ok else _NOT_ALLOWED for ok in allowed]
+            future.set_result(outcomes)
 
         connection.publish(messages).add_done_callback(judge)
         return future
-
-    def _refusal(self, job: Job) -> Outcome | None:
-        """Why this job must not be published, decided before it becomes a message."""
-        prefixes = self._config.topic_prefixes
-        if prefixes and not job.topic.startswith(prefixes):
-            return _NOT_ALLOWED
-        problem = topic_problem(job.topic)
-        if problem is not None:
-            return Outcome(Delivery.REJECTED, "invalid_topic", problem)
-        if job.qos not in (0, 1, 2):
-            return Outcome(Delivery.REJECTED, "invalid_qos", f"qos {job.qos} is not 0, 1 or 2")
-        return None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect and stay connected until `stop`; then disconnect."""
@@ -209,11 +212,6 @@ class MqttPublisher:
             self._connected.clear()
             self._metrics.broker_up.set(0)
         return str(connection.closed.result()) if connection.closed.done() else "stopping"
-
-
-def _message(job: Job, with_job_id: bool) -> Message:
-    properties = PublishProperties(((JOB_ID_PROPERTY, str(job.id)),)) if with_job_id else None
-    return Message(job.topic, job.payload.encode(), job.qos, job.retain, properties)
 
 
 def _outcome(result: Result) -> Outcome:

@@ -235,7 +235,9 @@ class _Wire(asyncio.Protocol):
         if problem is not None:
             return Unsendable(0x90, problem)
         limits = self.limits
-        if not 0 <= message.qos <= limits.maximum_qos:
+        if message.qos not in (0, 1, 2):  # QoS 3 makes a malformed packet
+            return Unsendable(0x81, f"qos {message.qos} is not 0, 1 or 2")
+        if message.qos > limits.maximum_qos:
             return Unsendable(0x9B, f"broker supports QoS up to {limits.maximum_qos}")
         if message.retain and not limits.retain_available:
             return Unsendable(0x9A, "broker does not support retained messages")

@@ -51,8 +51,9 @@ class AckTimeout(ConnectionLost):
 class Unsendable(MqttError):
     """This message breaks the protocol or the broker's announced limits; it was not sent.
 
-    `code` is the MQTT 5 reason code that names the problem (0x90 topic name invalid,
-    0x95 packet too large, 0x9A retain not supported, 0x9B QoS not supported).
+    `code` is the MQTT 5 reason code that names the problem (0x81 malformed packet: a
+    QoS of 3, 0x90 topic name invalid, 0x95 packet too large, 0x9A retain not
+    supported, 0x9B QoS not supported).
     """
 
     def __init__(self, code: int, reason: str) -> None:
