@@ -453,7 +453,7 @@ class MqttConnection:
                     wire.fail(ConnectionLost("connect failed"))
                     raise
         except TimeoutError as exc:
-            message = f"no CONNACK within {self._connect_timeout:g}s"
+            message = f"not connected within {self._connect_timeout:g}s"
             raise ConnectionLost(message) from exc
         self._wire = wire
         self._keepalive_task = loop.create_task(
