@@ -66,7 +66,7 @@ async def test_a_lost_puback_fails_its_message_within_the_ack_deadline_despite_p
         assert isinstance(second, AckTimeout)
         assert first.oldest_unanswered
         assert not second.oldest_unanswered
-        assert 1.5 <= waited < 2.0
+        assert 1.5 <= waited < 2.25  # the deadline, plus slack for a busy machine
         assert broker.pings >= 2, "the broker answered pings all along"
         assert isinstance(connection.closed.result(), AckTimeout)
 
