@@ -8,35 +8,40 @@ window of 1,000 or 65,535), four no more than two: the ceiling uses two.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
-from jobpub.models import PUBLISHED, Job
-from jobpub.mqtt import PROTOCOL_V5, MqttConnection, encode_connect
+from jobpub.mqtt import PROTOCOL_V5, Answer, Message, MqttConnection
 
 CONNECTIONS = 2
 
 
 async def _publish(port: int, prefix: str, ids: range, batch: int, connections: int) -> float:
-    loop = asyncio.get_running_loop()
-    opened = []
-    for number in range(connections):
-        _, connection = await loop.create_connection(
-            lambda: MqttConnection(PROTOCOL_V5, 1000), "127.0.0.1", port
-        )
-        connection.send(encode_connect(PROTOCOL_V5, f"ceiling-{number}", 30, None, None))
-        await connection.connack
-        opened.append(connection)
-    jobs = [Job(i, f"{prefix}/{i}", f'{{"n":{i}}}', 1, False, 0.0) for i in ids]
-    started = time.monotonic()
-    pending = [
-        opened[number % connections].publish(jobs[start : start + batch])
-        for number, start in enumerate(range(0, len(jobs), batch))
-    ]
-    outcomes = [o for group in await asyncio.gather(*pending) for o in group]
-    elapsed = time.monotonic() - started
-    for connection in opened:
-        connection.disconnect()
-    if any(o is not PUBLISHED for o in outcomes):
+    async with contextlib.AsyncExitStack() as stack:
+        opened = [
+            await stack.enter_async_context(
+                MqttConnection(
+                    "127.0.0.1", port, client_id=f"ceiling-{number}", protocol=PROTOCOL_V5
+                )
+            )
+            for number in range(connections)
+        ]
+        # The same message a replica sends: its job id as a user property.
+        messages = [
+            Message(
+                f"{prefix}/{i}", f'{{"n":{i}}}'.encode(), 1, False,
+                (("jobpub-job-id", str(i)),),
+            )
+            for i in ids
+        ]  # fmt: skip
+        started = time.monotonic()
+        pending = [
+            opened[number % connections].publish(messages[start : start + batch])
+            for number, start in enumerate(range(0, len(messages), batch))
+        ]
+        answers = [a for group in await asyncio.gather(*pending) for a in group]
+        elapsed = time.monotonic() - started
+    if not all(isinstance(a, Answer) and a.accepted for a in answers):
         raise RuntimeError("ceiling run: not every message was acknowledged")
     return elapsed
 

@@ -16,7 +16,7 @@ from jobpub.errors import DatabaseError
 from jobpub.health import STALLED_AFTER, DatabaseHealth, Heartbeat
 from jobpub.http import HttpServer, Response
 from jobpub.metrics import CONTENT_TYPE, Metrics
-from jobpub.publisher import MqttPublisher
+from jobpub.publisher import MqttPublisher, PublisherConfig
 from jobpub.relay import Relay, RelayConfig
 from jobpub.settings import Settings, redact_url
 from jobpub.waiting import wait_for_event
@@ -39,7 +39,7 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
     claimer = Claimer(database, _claim_config(settings), metrics)
     completer = Completer(database, _retry_policy(settings))
     listener = Listener(database)
-    publisher = MqttPublisher(settings, metrics)
+    publisher = MqttPublisher(_publisher_config(settings), metrics)
     health, heartbeat = DatabaseHealth(), Heartbeat()  # the relay writes, /readyz, /healthz read
     relay = Relay(
         claimer,
@@ -164,3 +164,23 @@ async def _sample_backlog(
             metrics.jobs_scheduled.set(scheduled)
             metrics.dead_jobs.set(dead)
         await wait_for_event(stop, interval)
+
+
+def _publisher_config(settings: Settings) -> PublisherConfig:
+    endpoint = settings.mqtt
+    return PublisherConfig(
+        host=endpoint.host,
+        port=endpoint.port,
+        client_id=f"{settings.mqtt_client_id_prefix}-{os.urandom(6).hex()}",
+        protocol=settings.mqtt_protocol,
+        username=endpoint.username,
+        password=endpoint.password.get_secret_value() if endpoint.password else None,
+        tls=endpoint.tls,
+        ca_file=settings.mqtt_ca_file,
+        cert_file=settings.mqtt_cert_file,
+        key_file=settings.mqtt_key_file,
+        keepalive=settings.mqtt_keepalive,
+        ack_timeout=settings.mqtt_ack_timeout,
+        inflight=settings.mqtt_inflight,
+        topic_prefixes=settings.allowed_topic_prefixes,
+    )

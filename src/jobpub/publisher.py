@@ -1,44 +1,95 @@
-"""The broker side: keep one MQTT connection up and publish batches on it."""
+"""Delivery policy on one MQTT connection: a job becomes a message, an answer an outcome.
+
+The protocol is `jobpub.mqtt`'s; what its answers mean for a row is decided here:
+which refusals are final, which rows are never sent, and whom a lost connection is
+charged to. `MqttPublisher.run` keeps the connection up and reconnects with backoff.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
 
 import structlog
 
 from jobpub.backoff import RECONNECT_MAX_S, Backoff
 from jobpub.metrics import Metrics
-from jobpub.models import Delivery, Job, Outcome
-from jobpub.mqtt import PROTOCOL_V5, PROTOCOL_V311, ConnectRefused, MqttConnection, encode_connect
-from jobpub.settings import MqttEndpoint, Settings
+from jobpub.models import PUBLISHED, Delivery, Job, Outcome
+from jobpub.mqtt import (
+    ACCEPTED,
+    PROTOCOL_V5,
+    PROTOCOL_V311,
+    REASON_NAMES,
+    Answer,
+    ConnectionLost,
+    Message,
+    MqttConnection,
+    MqttError,
+    Result,
+    Unsendable,
+)
 from jobpub.waiting import wait_for_event
 
 log = structlog.get_logger("jobpub.publisher")
 
-CONNECT_TIMEOUT = 10.0
-DISCONNECT_TIMEOUT = 2.0
-_NOT_CONNECTED = Outcome(Delivery.NOT_SENT, "broker_down", "not connected")
-_NOT_ALLOWED = Outcome(
+CONNECT_TIMEOUT: Final = 10.0
+DISCONNECT_TIMEOUT: Final = 2.0
+JOB_ID_PROPERTY: Final = "jobpub-job-id"  # MQTT 5 user property: consumers de-duplicate by it
+
+# MQTT 5 reason codes on PUBACK/PUBREC that no retry can fix: the row goes dead.
+_PERMANENT_REFUSALS: Final = frozenset({0x87, 0x90, 0x99})
+# What the connection found unsendable, by the reason code it named: metric labels.
+_UNSENDABLE_REASONS: Final = {
+    0x81: "invalid_qos",
+    0x90: "invalid_topic",
+    0x95: "packet_too_large",
+    0x9A: "retain_not_supported",
+    0x9B: "qos_not_supported",
+}
+_NOT_CONNECTED: Final = Outcome(Delivery.NOT_SENT, "broker_down", "not connected")
+_NOT_ALLOWED: Final = Outcome(
     Delivery.REJECTED, "topic_not_allowed", "topic is outside JOBPUB_TOPIC_PREFIXES"
 )
 
 
-class MqttPublisher:
-    """Owns the broker connection: connects, keeps it alive, reconnects with capped backoff."""
+@dataclass(frozen=True, slots=True)
+class PublisherConfig:
+    """What the publisher needs to reach the broker and judge rows; built by the app."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self._endpoint: MqttEndpoint = settings.mqtt
-        self._version = PROTOCOL_V5 if settings.mqtt_protocol == "5" else PROTOCOL_V311
-        self._client_id = f"{settings.mqtt_client_id_prefix}-{os.urandom(6).hex()}"
-        self._keepalive = settings.mqtt_keepalive
-        self._inflight = settings.mqtt_inflight
-        self._ack_timeout = settings.mqtt_ack_timeout
-        self._tls = _tls_context(settings) if self._endpoint.tls else None
-        self._topic_prefixes = settings.allowed_topic_prefixes
+    host: str
+    port: int
+    client_id: str
+    protocol: str = "5"  # "5" or "3.1.1"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive: int = 30
+    ack_timeout: float = 30.0
+    inflight: int = 1000
+    topic_prefixes: tuple[str, ...] = ()  # empty: every topic allowed
+
+    @property
+    def broker(self) -> str:
+        """The broker for logs: never the password."""
+        scheme = "mqtts" if self.tls else "mqtt"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+class MqttPublisher:
+    """Owns the broker connection: connects, keeps it up, reconnects with capped backoff."""
+
+    def __init__(self, config: PublisherConfig, metrics: Metrics) -> None:
+        self._config = config
+        self._version = PROTOCOL_V5 if config.protocol == "5" else PROTOCOL_V311
+        self._tls = _tls_context(config) if config.tls else None
         self._metrics = metrics
         self._connection: MqttConnection | None = None
         self._connected = asyncio.Event()
@@ -58,131 +109,154 @@ class MqttPublisher:
 
     def publish(self, jobs: Sequence[Job]) -> asyncio.Future[list[Outcome]]:
         """Publish `jobs`; the future gives each one's outcome, in order."""
-        if not self._topic_prefixes:
-            return self._send(jobs)
-        allowed = [job for job in jobs if job.topic.startswith(self._topic_prefixes)]
-        if len(allowed) == len(jobs):
-            return self._send(jobs)
-        merged: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-
-        def merge(sent: asyncio.Future[list[Outcome]]) -> None:
-            outcomes = iter(sent.result())
-            merged.set_result(
-                [
-                    next(outcomes) if job.topic.startswith(self._topic_prefixes) else _NOT_ALLOWED
-                    for job in jobs
-                ]
-            )
-
-        self._send(allowed).add_done_callback(merge)
-        return merged
-
-    def _send(self, jobs: Sequence[Job]) -> asyncio.Future[list[Outcome]]:
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
         connection = self._connection
-        if connection is None:
-            future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        if connection is None or not connection.is_open:
             future.set_result([_NOT_CONNECTED] * len(jobs))
             return future
-        return connection.publish(jobs)
+        prefixes = self._config.topic_prefixes
+        sendable: Sequence[Job]
+        if prefixes:
+            allowed = [job.topic.startswith(prefixes) for job in jobs]
+            sendable = [job for job, ok in zip(jobs, allowed, strict=True) if ok]
+        else:
+            allowed, sendable = None, jobs
+        # The hot path: one Message per job and nothing else (protocol checks are the
+        # connection's; their answers come back as Unsendable).
+        if self._version == PROTOCOL_V5:
+            messages = [
+                Message(
+                    job.topic, job.payload.encode(), job.qos, job.retain,
+                    ((JOB_ID_PROPERTY, str(job.id)),),
+                )
+                for job in sendable
+            ]  # fmt: skip
+        else:
+            messages = [
+                Message(job.topic, job.payload.encode(), job.qos, job.retain) for job in sendable
+            ]
+
+        def judge(sent: asyncio.Future[list[Result]]) -> None:
+            if future.done():  # the caller gave up on it (cancelled)
+                return
+            outcomes = [PUBLISHED if r is ACCEPTED else _outcome(r) for r in sent.result()]
+            if allowed is not None:
+                sent_outcomes = iter(outcomes)
+                outcomes = [next(sent_outcomes) if ok else _NOT_ALLOWED for ok in allowed]
+            future.set_result(outcomes)
+
+        connection.publish(messages).add_done_callback(judge)
+        return future
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect and stay connected until `stop`; then disconnect."""
         backoff = Backoff(initial=0.2, maximum=RECONNECT_MAX_S)
         last_error = ""
+        broker = self._config.broker
         while not stop.is_set():
             try:
-                connection = await self._connect()
-            except (OSError, ConnectionError, ConnectRefused, TimeoutError) as exc:
+                async with self._new_connection() as connection:
+                    last_error = ""
+                    backoff.reset()
+                    reason = await self._serve(connection, stop)
+            except (MqttError, OSError) as exc:
                 delay = backoff.next()
                 error = str(exc) or type(exc).__name__
                 # One line per distinct failure, not one per retry: a wrong password
                 # would otherwise fill the log every few seconds.
                 report = log.warning if error != last_error else log.debug
                 report(
-                    "broker_connect_failed", broker=str(self._endpoint), error=error,
-                    retry_in_s=round(delay, 2),
-                )  # fmt: skip
+                    "broker_connect_failed", broker=broker, error=error, retry_in_s=round(delay, 2)
+                )
                 last_error = error
                 await wait_for_event(stop, delay)
                 continue
-            last_error = ""
-            backoff.reset()
-            self._connection = connection
-            self._connected.set()
-            self._metrics.broker_up.set(1)
-            log.info(
-                "broker_connected", broker=str(self._endpoint), client_id=self._client_id,
-                protocol=self._version, window=connection.limits.receive_maximum,
-            )  # fmt: skip
-            reason = await self._supervise(connection, stop)
-            self._connected.clear()
-            self._metrics.broker_up.set(0)
             if stop.is_set():
-                connection.disconnect()
-                try:
-                    # A peer that stops reading would hold a graceful close (and the exit)
-                    # forever: give it a moment, then cut.
-                    async with asyncio.timeout(DISCONNECT_TIMEOUT):
-                        await connection.closed
-                except TimeoutError:
-                    connection.abort("disconnect timed out")
-                log.info("broker_disconnected", broker=str(self._endpoint))
+                log.info("broker_disconnected", broker=broker)
                 return
             self._metrics.broker_disconnects.inc()
-            log.warning("broker_connection_lost", broker=str(self._endpoint), reason=reason)
+            log.warning("broker_connection_lost", broker=broker, reason=reason)
 
-    async def _connect(self) -> MqttConnection:
-        loop = asyncio.get_running_loop()
-        endpoint = self._endpoint
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            _, connection = await loop.create_connection(
-                lambda: MqttConnection(self._version, self._inflight),
-                endpoint.host,
-                endpoint.port,
-                ssl=self._tls,
-            )
-            password = endpoint.password.get_secret_value() if endpoint.password else None
-            connection.send(
-                encode_connect(
-                    self._version, self._client_id, self._keepalive, endpoint.username, password
-                )
-            )
-            try:
-                await connection.connack
-            except BaseException:
-                connection.abort("connect failed")
-                raise
-        return connection
+    def _new_connection(self) -> MqttConnection:
+        config = self._config
+        return MqttConnection(
+            config.host,
+            config.port,
+            client_id=config.client_id,
+            protocol=self._version,
+            username=config.username,
+            password=config.password,
+            tls=self._tls,
+            keepalive=config.keepalive,
+            ack_timeout=config.ack_timeout,
+            inflight=config.inflight,
+            connect_timeout=CONNECT_TIMEOUT,
+            close_timeout=DISCONNECT_TIMEOUT,
+        )
 
-    async def _supervise(self, connection: MqttConnection, stop: asyncio.Event) -> str:
-        """Ping while idle; drop a connection whose broker stopped answering."""
-        keepalive = connection.limits.server_keepalive or self._keepalive
-        tick = min(0.25, keepalive / 4)
-        last_ping = time.monotonic()
-        while True:
-            # Waiting on the future creates no task; the tick bounds how late `stop` is seen.
-            await asyncio.wait([connection.closed], timeout=tick)
-            if connection.closed.done():
-                return connection.closed.result()
-            if stop.is_set():
-                return "stopping"
-            now = time.monotonic()
-            silent_for = now - connection.last_received
-            if connection.outstanding() and silent_for > self._ack_timeout:
-                connection.abort(f"no answer from the broker for {silent_for:.0f}s")
-                continue
-            if silent_for > keepalive * 1.5:
-                connection.abort(f"no answer to keepalive for {silent_for:.0f}s")
-                continue
-            if now - last_ping >= keepalive / 2:
-                connection.ping()
-                last_ping = now
+    async def _serve(self, connection: MqttConnection, stop: asyncio.Event) -> str:
+        """Publish on `connection` until it ends or `stop`; why it ended."""
+        self._connection = connection
+        self._connected.set()
+        self._metrics.broker_up.set(1)
+        log.info(
+            "broker_connected", broker=self._config.broker, client_id=self._config.client_id,
+            protocol=self._version, window=connection.limits.receive_maximum,
+        )  # fmt: skip
+        stopping = asyncio.create_task(stop.wait(), name="publisher-stop-watch")
+        try:
+            ends: list[asyncio.Future[Any]] = [connection.closed, stopping]
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            self._connected.clear()
+            self._metrics.broker_up.set(0)
+        return str(connection.closed.result()) if connection.closed.done() else "stopping"
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext:
-    context = ssl.create_default_context(
-        cafile=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None
-    )
-    if settings.mqtt_cert_file and settings.mqtt_key_file:
-        context.load_cert_chain(str(settings.mqtt_cert_file), str(settings.mqtt_key_file))
+def _outcome(result: Result) -> Outcome:
+    """What the connection's result for one message means for its row."""
+    if result is ACCEPTED:
+        return PUBLISHED
+    if isinstance(result, Answer):
+        code = result.reason_code
+        if code < 0x80:
+            return PUBLISHED
+        delivery = Delivery.REJECTED if code in _PERMANENT_REFUSALS else Delivery.FAILED
+        detail = f": {result.reason_string}" if result.reason_string else ""
+        error = (
+            f"broker refused the message: {REASON_NAMES.get(code, 'error')} (0x{code:02x}){detail}"
+        )
+        return Outcome(delivery, f"broker_0x{code:02x}", error)
+    if isinstance(result, Unsendable):
+        reason = _UNSENDABLE_REASONS.get(result.code, "unsendable")
+        return Outcome(Delivery.REJECTED, reason, str(result))
+    if isinstance(result, ConnectionLost):
+        return _charge_after_loss(result)
+    return Outcome(Delivery.NOT_SENT, "connection_lost", str(result))
+
+
+def _charge_after_loss(lost: ConnectionLost) -> Outcome:
+    """The connection ended before this message's answer: nothing says it arrived.
+
+    The oldest message still waiting for PUBACK/PUBREC is the likeliest reason the
+    broker hung up (Mosquitto closes the connection on an oversized or malformed
+    PUBLISH): it is charged a failed attempt, so a row that kills every connection goes
+    dead after the configured attempts. Everything else is released untouched. When the
+    broker's last word was a refusal (Mosquitto refuses a `$SYS` publish, then hangs
+    up), that refusal explains the loss and nobody else is charged.
+    """
+    if lost.oldest_unanswered and not lost.after_refusal:
+        return Outcome(
+            Delivery.FAILED,
+            "connection_lost",
+            f"{lost.reason} (while this message was the oldest awaiting an ack)",
+        )
+    return Outcome(Delivery.NOT_SENT, "connection_lost", lost.reason)
+
+
+def _tls_context(config: PublisherConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    if config.cert_file and config.key_file:
+        context.load_cert_chain(str(config.cert_file), str(config.key_file))
     return context

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-
 import pytest
 
-from jobpub.models import PUBLISHED, Job
 from jobpub.mqtt import (
+    ACCEPTED,
     PROTOCOL_V5,
     PROTOCOL_V311,
+    Message,
     MqttConnection,
+    PublishProperties,
     decode_properties,
     encode_connect,
+    encode_publish,
     encode_varint,
     topic_problem,
 )
+from testbed.scripted_broker import scripted_broker
 
 
 @pytest.mark.parametrize(
@@ -97,23 +98,38 @@ def test_topics_mqtt_allows(topic: str) -> None:
 async def test_publish_packets_on_the_wire(
     version: int, connack: bytes, qos1_packet: bytes, qos0_retained_packet: bytes
 ) -> None:
-    loop = asyncio.get_running_loop()
-    ours, broker = socket.socketpair()
-    broker.setblocking(False)
-    _, connection = await loop.create_connection(lambda: MqttConnection(version, 10), sock=ours)
-    try:
-        await loop.sock_sendall(broker, connack)
-        await connection.connack
+    async with (
+        scripted_broker(connack) as broker,
+        MqttConnection(
+            "127.0.0.1", broker.port, client_id="cid", protocol=version, inflight=10
+        ) as connection,
+    ):
         sent = connection.publish(
-            [Job(42, "a/b", "hi", 1, False, 0.0), Job(7, "a/c", "", 0, True, 0.0)]
+            [
+                Message("a/b", b"hi", 1, False, [("jobpub-job-id", "42")]),
+                Message("a/c", b"", 0, True, [("jobpub-job-id", "7")]),
+            ]
         )
-        expected = qos1_packet + qos0_retained_packet
-        received = b""
-        while len(received) < len(expected):
-            received += await loop.sock_recv(broker, 4096)
-        assert received == expected
-        await loop.sock_sendall(broker, b"\x40\x02\x00\x01")  # PUBACK for packet id 1
-        assert await sent == [PUBLISHED, PUBLISHED]
-    finally:
-        connection.abort("test over")
-        broker.close()
+        await broker.wait_for("two PUBLISH packets", lambda: len(broker.packets) == 2)
+        assert broker.packets == [qos1_packet, qos0_retained_packet]
+        await broker.send(b"\x40\x02\x00\x01")  # PUBACK for packet id 1
+        assert await sent == [ACCEPTED, ACCEPTED]
+
+
+def test_publish_properties_are_encoded_in_one_block_before_the_payload() -> None:
+    message = Message(
+        "t",
+        b"p",
+        0,
+        False,
+        [("k", "v")],
+        PublishProperties(content_type="c", correlation_data=b"\x01", payload_format_utf8=True),
+    )
+    head, tail = encode_publish(message, PROTOCOL_V5)
+    block = b"\x01\x01" + b"\x03\x00\x01c" + b"\x09\x00\x01\x01" + b"\x26\x00\x01k\x00\x01v"
+    assert tail == encode_varint(len(block)) + block + b"p"
+    properties, consumed = decode_properties(memoryview(tail))
+    assert properties[0x03] == b"c"
+    assert consumed == len(tail) - 1
+    assert head == b"\x30" + encode_varint(3 + len(tail)) + b"\x00\x01t"
+    assert encode_publish(message, PROTOCOL_V311) == (b"\x30\x04\x00\x01t", b"p")

@@ -1,0 +1,54 @@
+"""A publish-only MQTT 3.1.1 / 5 client: bytes, one connection, and its errors.
+
+It knows nothing of jobs: it takes messages and gives back, for each, the broker's
+answer or why there was none. What an answer means is the caller's business.
+"""
+
+from jobpub.mqtt.codec import (
+    MAX_PACKET_SIZE,
+    PROTOCOL_V5,
+    PROTOCOL_V311,
+    REASON_NAMES,
+    ConnAck,
+    Message,
+    PublishProperties,
+    decode_properties,
+    encode_connect,
+    encode_publish,
+    encode_varint,
+    topic_problem,
+)
+from jobpub.mqtt.connection import ACCEPTED, Answer, MqttConnection, Result
+from jobpub.mqtt.errors import (
+    AckTimeout,
+    ConnectionLost,
+    ConnectRefused,
+    MqttError,
+    ProtocolError,
+    Unsendable,
+)
+
+__all__ = [
+    "ACCEPTED",
+    "MAX_PACKET_SIZE",
+    "PROTOCOL_V5",
+    "PROTOCOL_V311",
+    "REASON_NAMES",
+    "AckTimeout",
+    "Answer",
+    "ConnAck",
+    "ConnectRefused",
+    "ConnectionLost",
+    "Message",
+    "MqttConnection",
+    "MqttError",
+    "ProtocolError",
+    "PublishProperties",
+    "Result",
+    "Unsendable",
+    "decode_properties",
+    "encode_connect",
+    "encode_publish",
+    "encode_varint",
+    "topic_problem",
+]

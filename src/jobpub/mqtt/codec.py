@@ -1,0 +1,289 @@
+"""MQTT 3.1.1 / 5 packets as bytes: the few this publish-only client writes and reads."""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+
+from jobpub.mqtt.errors import ProtocolError
+
+PROTOCOL_V311: Final = 4
+PROTOCOL_V5: Final = 5
+MAX_PACKET_SIZE: Final = 268_435_460  # 1 + 4 + 268,435,455: the largest MQTT packet
+_CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+PINGREQ: Final = b"\xc0\x00"
+DISCONNECT: Final = b"\xe0\x00"
+
+# Names of the MQTT 5 reason codes a broker may put on PUBACK/PUBREC.
+REASON_NAMES: Final = {
+    0x80: "unspecified error",
+    0x83: "implementation specific error",
+    0x87: "not authorized",
+    0x90: "topic name invalid",
+    0x91: "packet identifier in use",
+    0x97: "quota exceeded",
+    0x99: "payload format invalid",
+}
+CONNACK_V311_NAMES: Final = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
+}
+CONNACK_V5_NAMES: Final = {
+    0x80: "unspecified error",
+    0x84: "unsupported protocol version",
+    0x85: "client identifier not valid",
+    0x86: "bad user name or password",
+    0x87: "not authorized",
+    0x88: "server unavailable",
+    0x89: "server busy",
+    0x8A: "banned",
+    0x8C: "bad authentication method",
+    0x95: "packet too large",
+    0x97: "quota exceeded",
+    0x9F: "connection rate exceeded",
+}
+
+# MQTT 5 property identifiers and how to skip each (we read only a few).
+_BYTE, _U16, _U32, _VARINT, _STRING, _BINARY, _PAIR = range(7)
+_PROPERTY_KINDS: Final = {
+    0x01: _BYTE, 0x02: _U32, 0x03: _STRING, 0x08: _STRING, 0x09: _BINARY,
+    0x0B: _VARINT, 0x11: _U32, 0x12: _STRING, 0x13: _U16, 0x15: _STRING,
+    0x16: _BINARY, 0x17: _BYTE, 0x18: _U32, 0x19: _BYTE, 0x1A: _STRING,
+    0x1C: _STRING, 0x1F: _STRING, 0x21: _U16, 0x22: _U16, 0x23: _U16,
+    0x24: _BYTE, 0x25: _BYTE, 0x26: _PAIR, 0x27: _U32, 0x28: _BYTE,
+    0x29: _BYTE, 0x2A: _BYTE,
+}  # fmt: skip
+REASON_STRING: Final = 0x1F
+
+
+class PublishProperties(NamedTuple):
+    """MQTT 5 properties of a PUBLISH other than user properties (those are on Message)."""
+
+    content_type: str | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    payload_format_utf8: bool = False
+    message_expiry_interval: int | None = None
+
+
+class Message(NamedTuple):
+    """One application message to publish: what the broker is handed, nothing else.
+
+    A NamedTuple: one is built per message on the publish path, and it is the cheapest
+    to build. User properties are a field of their own, not in `properties`, because
+    they are the ones that differ per message (an id); MQTT 3.1.1 drops both.
+    """
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    user_properties: Sequence[tuple[str, str]] = ()
+    properties: PublishProperties | None = None
+
+
+class ConnAck(NamedTuple):
+    """The limits a broker announced in CONNACK (MQTT 5); the protocol's maxima otherwise."""
+
+    receive_maximum: int = 65535
+    maximum_packet_size: int = MAX_PACKET_SIZE
+    maximum_qos: int = 2
+    retain_available: bool = True
+    server_keepalive: int | None = None
+
+
+def encode_varint(value: int) -> bytes:
+    if value < 0x80:  # every remaining length below 128 bytes: most PUBLISH packets
+        return bytes((value,))
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | 0x80 if value else byte)
+        if not value:
+            return bytes(out)
+
+
+def _string(data: bytes) -> bytes:
+    return struct.pack("!H", len(data)) + data
+
+
+def encode_connect(
+    version: int,
+    client_id: str,
+    keepalive: int,
+    username: str | None,
+    password: str | None,
+) -> bytes:
+    flags = 0x02  # clean session / clean start: nothing survives a reconnect
+    payload = _string(client_id.encode())
+    if username is not None:
+        flags |= 0x80
+        payload += _string(username.encode())
+    if password is not None:
+        flags |= 0x40
+        payload += _string(password.encode())
+    variable = _string(b"MQTT") + bytes([version, flags]) + struct.pack("!H", keepalive)
+    if version == PROTOCOL_V5:
+        variable += b"\x00"  # no properties
+    body = variable + payload
+    return b"\x10" + encode_varint(len(body)) + body
+
+
+def encode_pubrel(packet_id: int) -> bytes:
+    return b"\x62\x02" + packet_id.to_bytes(2)
+
+
+_USER_PROPERTY_KEYS: dict[str, bytes] = {}  # encoded keys: a publisher repeats a few
+
+
+def _user_property_key(key: str) -> bytes:
+    """The property identifier and the key, encoded; cached for the first few keys."""
+    try:
+        return _USER_PROPERTY_KEYS[key]
+    except KeyError:
+        encoded = b"\x26" + _string(key.encode())
+        if len(_USER_PROPERTY_KEYS) < 64:
+            _USER_PROPERTY_KEYS[key] = encoded
+        return encoded
+
+
+def encode_publish_properties(
+    user_properties: Sequence[tuple[str, str]], properties: PublishProperties | None
+) -> bytes:
+    """The property block of an MQTT 5 PUBLISH, its length first."""
+    parts = []
+    if properties is not None:
+        if properties.payload_format_utf8:
+            parts.append(b"\x01\x01")
+        if properties.message_expiry_interval is not None:
+            parts.append(b"\x02" + struct.pack("!I", properties.message_expiry_interval))
+        if properties.content_type is not None:
+            parts.append(b"\x03" + _string(properties.content_type.encode()))
+        if properties.response_topic is not None:
+            parts.append(b"\x08" + _string(properties.response_topic.encode()))
+        if properties.correlation_data is not None:
+            parts.append(b"\x09" + _string(properties.correlation_data))
+    for key, value in user_properties:
+        encoded = value.encode()
+        parts.append(_user_property_key(key) + len(encoded).to_bytes(2) + encoded)
+    block = b"".join(parts)
+    return encode_varint(len(block)) + block
+
+
+def encode_publish(message: Message, version: int) -> tuple[bytes, bytes]:
+    """The PUBLISH packet for `message` in two parts, head and tail: a QoS 1/2 packet's
+    id is written between them once the message has room in the in-flight window."""
+    topic, tail, qos, retain, user_properties, properties = message
+    if version == PROTOCOL_V5:
+        if properties is None and len(user_properties) == 1:
+            # The publish path's case (one id per message), written out: measured about
+            # 0.3 us a message faster than the general block.
+            key, value = user_properties[0]
+            value_bytes = value.encode()
+            encoded_key = _USER_PROPERTY_KEYS.get(key) or _user_property_key(key)
+            pair = encoded_key + len(value_bytes).to_bytes(2) + value_bytes
+            tail = encode_varint(len(pair)) + pair + tail
+        elif user_properties or properties is not None:
+            tail = encode_publish_properties(user_properties, properties) + tail
+        else:
+            tail = b"\x00" + tail
+    topic_bytes = topic.encode()
+    remaining = 2 + len(topic_bytes) + (2 if qos else 0) + len(tail)
+    head = (
+        bytes((0x30 | qos << 1 | retain,))
+        + encode_varint(remaining)
+        + len(topic_bytes).to_bytes(2)
+        + topic_bytes
+    )
+    return head, tail
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why MQTT forbids publishing to this topic, or None if it may be published."""
+    if not topic:
+        return "topic is empty"
+    # UTF-8 takes at most 4 bytes a character: only a long topic needs encoding to measure.
+    if len(topic) > 16383 and len(topic.encode()) > 65535:
+        return "topic is longer than 65,535 bytes"
+    if "+" in topic or "#" in topic:
+        return "topic contains a wildcard (+ or #)"
+    if _CONTROL_CHARACTER.search(topic):
+        # MQTT forbids U+0000 and discourages the rest; Mosquitto drops the connection.
+        return "topic contains a control character"
+    return None
+
+
+def decode_properties(data: memoryview) -> tuple[dict[int, object], int]:
+    """Read an MQTT 5 property block; return the properties and bytes consumed."""
+    length, offset = read_varint(data, 0)
+    end = offset + length
+    properties: dict[int, object] = {}
+    while offset < end:
+        identifier, offset = read_varint(data, offset)
+        kind = _PROPERTY_KINDS.get(identifier)
+        value: object
+        if kind == _BYTE:
+            value, offset = data[offset], offset + 1
+        elif kind == _U16:
+            value, offset = int.from_bytes(data[offset : offset + 2]), offset + 2
+        elif kind == _U32:
+            value, offset = int.from_bytes(data[offset : offset + 4]), offset + 4
+        elif kind == _VARINT:
+            value, offset = read_varint(data, offset)
+        elif kind in (_STRING, _BINARY):
+            size = int.from_bytes(data[offset : offset + 2])
+            value, offset = bytes(data[offset + 2 : offset + 2 + size]), offset + 2 + size
+        elif kind == _PAIR:
+            key_size = int.from_bytes(data[offset : offset + 2])
+            offset += 2 + key_size
+            size = int.from_bytes(data[offset : offset + 2])
+            value, offset = None, offset + 2 + size
+        else:
+            raise ProtocolError(f"unknown MQTT 5 property 0x{identifier:02x}")
+        properties[identifier] = value
+    if offset != end:
+        raise ProtocolError("malformed property block")
+    return properties, end
+
+
+def decode_connack_limits(body: memoryview) -> ConnAck:
+    """The limits in an MQTT 5 CONNACK's properties (after its flags and reason code)."""
+    if len(body) <= 2:
+        return ConnAck()
+    properties, _ = decode_properties(body[2:])
+    return ConnAck(
+        receive_maximum=int(properties.get(0x21, 65535)),  # type: ignore[call-overload]
+        maximum_packet_size=int(properties.get(0x27, MAX_PACKET_SIZE)),  # type: ignore[call-overload]
+        maximum_qos=int(properties.get(0x24, 2)),  # type: ignore[call-overload]
+        retain_available=bool(properties.get(0x25, 1)),
+        server_keepalive=properties.get(0x13),  # type: ignore[arg-type]
+    )
+
+
+def reason_string(properties_block: memoryview) -> str:
+    """The Reason String in a property block, or "" if it has none."""
+    raw = decode_properties(properties_block)[0].get(REASON_STRING)
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else ""
+
+
+def read_varint(data: memoryview | bytearray, offset: int) -> tuple[int, int]:
+    """A variable byte integer at `offset`: its value and the offset after it.
+
+    IndexError: incomplete, wait for more bytes.
+    """
+    value = shift = 0
+    for index in range(offset, min(offset + 4, len(data))):
+        byte = data[index]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, index + 1
+        shift += 7
+    if len(data) - offset >= 4:
+        raise ProtocolError("malformed variable byte integer")
+    raise IndexError
