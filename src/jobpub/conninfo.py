@@ -125,48 +125,53 @@ def _decode(text: str) -> str:
 
 def _keyword_values(text: str) -> list[tuple[str, str, tuple[int, int]]]:
     """(keyword, value, where the value is written, quotes included), as libpq reads them."""
-    pairs = []
-    end, i = len(text), 0
+    pairs: list[tuple[str, str, tuple[int, int]]] = []
+    i = 0
     while True:
-        while i < end and text[i].isspace():
-            i += 1
-        if i == end:
+        i = _skip_space(text, i)
+        if i == len(text):
             return pairs
         start = i
-        while i < end and not text[i].isspace() and text[i] != "=":
+        while i < len(text) and not text[i].isspace() and text[i] != "=":
             i += 1
         keyword = text[start:i]
-        while i < end and text[i].isspace():
-            i += 1
-        if i == end or text[i] != "=":
+        i = _skip_space(text, i)
+        if i == len(text) or text[i] != "=":
             raise ConninfoError(f'has a key without "=" (pair {len(pairs) + 1})')
+        value_start = _skip_space(text, i + 1)
+        value, i = _read_value(text, value_start)
+        pairs.append((keyword, value, (value_start, i)))
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i].isspace():
         i += 1
-        while i < end and text[i].isspace():
+    return i
+
+
+def _read_value(text: str, i: int) -> tuple[str, int]:
+    """The value starting at `i`, unescaped, and where it ends. A backslash escapes the
+    next character; unquoted, white space ends the value."""
+    quoted = i < len(text) and text[i] == "'"
+    if quoted:
+        i += 1
+    value: list[str] = []
+    while i < len(text):
+        char = text[i]
+        if quoted and char == "'":
+            return "".join(value), i + 1
+        if not quoted and char.isspace():
+            break
+        if char == "\\":
             i += 1
-        value_start, value = i, []
-        if i < end and text[i] == "'":
-            i += 1
-            while True:
-                if i == end:
-                    raise ConninfoError("has a quoted value without its closing quote")
-                if text[i] == "\\" and i + 1 < end:
-                    value.append(text[i + 1])
-                    i += 2
-                elif text[i] == "'":
-                    i += 1
-                    break
-                else:
-                    value.append(text[i])
-                    i += 1
-        else:
-            while i < end and not text[i].isspace():
-                if text[i] == "\\":
-                    i += 1
-                    if i == end:
-                        break
-                value.append(text[i])
-                i += 1
-        pairs.append((keyword, "".join(value), (value_start, i)))
+            if i == len(text):
+                break
+            char = text[i]
+        value.append(char)
+        i += 1
+    if quoted:
+        raise ConninfoError("has a quoted value without its closing quote")
+    return "".join(value), i
 
 
 def _redact_url(text: str) -> str:

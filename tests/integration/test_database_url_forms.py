@@ -13,7 +13,7 @@ from testbed.broker import Broker
 from testbed.daemon import make_settings, running
 from testbed.subscriber import Subscriber
 
-SECRET = "db-Secret-42"  # trust authentication takes any password: a real run
+SECRET = "db-Secret-42"  # noqa: S105 - trust authentication takes any password: a real run
 
 
 async def test_a_multi_host_url_fails_over_and_its_query_password_is_not_logged(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -85,7 +86,10 @@ def test_a_garbled_database_url_gives_one_line_without_the_value(
     clean_environment.setenv("JOBPUB_DATABASE_URL", "postgresql://app:hunter2@h1,h2:port/jobs")
     with pytest.raises(ValidationError) as caught:
         Settings()
-    assert describe_errors(caught.value) == "invalid settings: JOBPUB_DATABASE_URL: has an invalid port"
+    assert (
+        describe_errors(caught.value)
+        == "invalid settings: JOBPUB_DATABASE_URL: has an invalid port"
+    )
 
 
 @pytest.mark.parametrize(
@@ -93,7 +97,7 @@ def test_a_garbled_database_url_gives_one_line_without_the_value(
     [("mqtt_ca_file", "ca.pem"), ("mqtt_cert_file", "c.pem"), ("mqtt_key_file", "k.pem")],
 )
 def test_tls_files_with_plain_mqtt_are_refused(tls_setting: str, value: str) -> None:
-    files = {tls_setting: Path(value)}
+    files: dict[str, Any] = {tls_setting: Path(value)}
     if tls_setting in ("mqtt_cert_file", "mqtt_key_file"):  # they go together
         files = {"mqtt_cert_file": Path("c.pem"), "mqtt_key_file": Path("k.pem")}
     with pytest.raises(ValidationError, match=r"needs? an mqtts:// JOBPUB_MQTT_URL"):
