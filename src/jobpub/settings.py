@@ -26,6 +26,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from jobpub.conninfo import check_conninfo, redact_conninfo
+
 
 class SettingsFileError(Exception):
     """A JOBPUB_*_FILE variable names a file that cannot be read."""
@@ -90,13 +92,7 @@ def parse_mqtt_url(url: str) -> MqttEndpoint:
 
 
 def _check_database_url(url: SecretStr) -> SecretStr:
-    parts = urlsplit(url.get_secret_value())
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError("must start with postgresql://")
-    try:
-        _ = parts.port
-    except ValueError as exc:
-        raise ValueError("has an invalid port") from exc
+    check_conninfo(url.get_secret_value())  # a URL (one host or several) or key=value pairs
     return url
 
 
@@ -106,16 +102,13 @@ def _check_mqtt_url(url: SecretStr) -> SecretStr:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    """The database connection string without its passwords, for logs and errors."""
+    return redact_conninfo(url)
 
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+# A retry delay: at most 30 days, so that a doubled delay stays a PostgreSQL interval.
+RetrySeconds = Annotated[float, Field(gt=0, le=30 * 86400)]
 
 
 class Settings(BaseSettings):
@@ -159,9 +152,11 @@ class Settings(BaseSettings):
     consumer_count: Annotated[int, Field(ge=1)] = 1
     consumer_index: Annotated[int, Field(ge=0)] = 0
     takeover_delay: PositiveSeconds = 30.0
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
-    retry_backoff: PositiveSeconds = 1.0
-    retry_backoff_max: PositiveSeconds = 300.0
+    # 25 attempts, doubling from 1 s up to an hour: a job outlives 6.6-13.1 hours of
+    # refusals before it is dead (docs/reliability.md; tests/unit/test_retry_lifetime.py).
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 25
+    retry_backoff: RetrySeconds = 1.0
+    retry_backoff_max: RetrySeconds = 3600.0
     shutdown_timeout: PositiveSeconds = 10.0
     backlog_interval: PositiveSeconds = 15.0
 
@@ -196,6 +191,27 @@ class Settings(BaseSettings):
             )
         if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
             raise ValueError("JOBPUB_MQTT_CERT_FILE and JOBPUB_MQTT_KEY_FILE go together")
+        return self
+
+    @model_validator(mode="after")
+    def _check_broker(self) -> Settings:
+        tls_files = {
+            "JOBPUB_MQTT_CA_FILE": self.mqtt_ca_file,
+            "JOBPUB_MQTT_CERT_FILE": self.mqtt_cert_file,
+            "JOBPUB_MQTT_KEY_FILE": self.mqtt_key_file,
+        }
+        given = [name for name, value in tls_files.items() if value is not None]
+        if given and not self.mqtt.tls:
+            # Ignoring them would send the password in clear to a broker never verified.
+            verb = "needs" if len(given) == 1 else "need"
+            raise ValueError(f"{', '.join(given)} {verb} an mqtts:// JOBPUB_MQTT_URL")
+        if self.mqtt_protocol == "3.1.1" and self.mqtt.password and not self.mqtt.username:
+            # MQTT 3.1.1, 3.1.2.9: a password flag without a user name flag is a
+            # protocol violation; brokers hang up, and jobpub would reconnect forever.
+            raise ValueError(
+                "JOBPUB_MQTT_URL has a password without a user name, "
+                "which JOBPUB_MQTT_PROTOCOL=3.1.1 does not allow"
+            )
         return self
 
     @cached_property

@@ -29,11 +29,28 @@ log = structlog.get_logger("jobpub.db.complete")
 MARK_AFTER_LOSS_CONNECT_TIMEOUT = 2
 
 
+# queries.MARK_RETRY's arithmetic: the doubling stops at this exponent, and jitter takes
+# a delay down to at most this share of its ceiling.
+BACKOFF_EXPONENT_CAP = 62
+JITTER_FLOOR = 0.5
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     max_attempts: int
     backoff: float  # seconds before the second attempt; doubles per attempt, with jitter
     backoff_max: float
+
+    def ceiling(self, failed_attempts: int) -> float:
+        """The longest wait after `failed_attempts` failures (the shortest is half)."""
+        exponent = min(failed_attempts - 1, BACKOFF_EXPONENT_CAP)
+        return min(self.backoff_max, self.backoff * 2.0**exponent)
+
+    def lifetime(self) -> tuple[float, float]:
+        """Shortest and longest seconds from a job's first failure to its last attempt,
+        when every attempt fails (the attempts themselves taken as instant)."""
+        longest = sum(self.ceiling(failed) for failed in range(1, self.max_attempts))
+        return JITTER_FLOOR * longest, longest
 
 
 @dataclass(slots=True)

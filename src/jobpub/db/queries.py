@@ -137,13 +137,16 @@ WHERE jobs.id = refused.id
 """
 
 # A failed attempt: count it and wait out an exponential backoff with jitter, or go
-# dead when the attempts are used up. One statement for the whole batch.
+# dead when the attempts are used up. One statement for the whole batch. The exponent
+# stops at 62: 2 ^ 1024 overflows a double and would fail the batch's settle, and the
+# cap (backoff_max) applies long before. RetryPolicy mirrors this arithmetic.
 MARK_RETRY: Final[LiteralString] = """
 UPDATE jobs
 SET attempts = jobs.attempts + 1,
     last_error = failed.error,
     next_attempt_at = clock_timestamp() + make_interval(secs =>
-        least(%(backoff_max)s, %(backoff)s * 2 ^ jobs.attempts) * (0.5 + random() / 2)),
+        least(%(backoff_max)s, %(backoff)s * 2 ^ least(jobs.attempts, 62))
+        * (0.5 + random() / 2)),
     failed_at = CASE WHEN jobs.attempts + 1 >= %(max_attempts)s THEN clock_timestamp() END
 FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS failed(id, error)
 WHERE jobs.id = failed.id
