@@ -33,7 +33,7 @@ CONCURRENT_INDEX = Migration(
 
 
 async def scalar(conn: Conn, query: str) -> Any:
-    cursor = await conn.execute(query)  # type: ignore[arg-type]
+    cursor = await conn.execute(query)
     row = await cursor.fetchone()
     assert row is not None
     return row[0]
