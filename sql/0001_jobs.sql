@@ -33,16 +33,8 @@ ALTER TABLE jobs
     ADD CONSTRAINT jobs_qos_valid CHECK (qos IN (0, 1, 2)) NOT VALID,
     ADD CONSTRAINT jobs_attempts_not_negative CHECK (attempts >= 0) NOT VALID;
 
--- Serves the claim: pending rows in fire_at order. Partial, so it holds only pending
--- rows and stays small however many processed rows are kept.
-CREATE INDEX IF NOT EXISTS jobs_pending_fire_at_idx
-    ON jobs (fire_at, id)
-    WHERE NOT processed AND failed_at IS NULL;
-
--- Serves the next-wake lookup for rows waiting out a retry backoff (few rows).
-CREATE INDEX IF NOT EXISTS jobs_retry_at_idx
-    ON jobs (next_attempt_at)
-    WHERE NOT processed AND failed_at IS NULL AND next_attempt_at IS NOT NULL;
+-- The claim's indexes are built in version 4, concurrently: an adopted table may be large
+-- and live, and a plain CREATE INDEX would hold producers' INSERTs for the whole build.
 
 -- Wake the replicas when jobs arrive: one notification per statement (a COPY of a
 -- million rows sends one), carrying the earliest fire_at as epoch seconds, so a

@@ -119,7 +119,9 @@ def _handle_signals(stop: asyncio.Event) -> None:
 
 def _database_config(settings: Settings) -> DatabaseConfig:
     return DatabaseConfig(
-        url=settings.database_url.get_secret_value(), pool_size=settings.concurrency
+        url=settings.database_url.get_secret_value(),
+        pool_size=settings.concurrency,
+        transaction_pooling=settings.transaction_pooling,
     )
 
 

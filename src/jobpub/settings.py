@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     # outside them goes dead, so a producer cannot reach $SYS or another tenant's tree.
     topic_prefixes: str = ""
 
+    # Connecting through PgBouncer in transaction mode (or another transaction pooler):
+    # no prepared statements and no LISTEN; new rows are found by polling.
+    transaction_pooling: bool = False
+
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

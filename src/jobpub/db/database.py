@@ -30,6 +30,8 @@ _SCHEMA = (pg_errors.UndefinedTable, pg_errors.UndefinedColumn, pg_errors.Undefi
 class DatabaseConfig:
     url: str  # libpq URL; holds the password: never logged
     pool_size: int  # one connection per batch in flight (the relay's concurrency)
+    # Behind PgBouncer's transaction pooling: no prepared statements, no LISTEN.
+    transaction_pooling: bool = False
 
 
 def database_errors(action: str) -> _Translate:
@@ -91,6 +93,12 @@ class Transaction:
         return connection
 
 
+async def _never_prepare(connection: Connection) -> None:
+    # psycopg prepares a statement after 5 runs; under transaction pooling the next run
+    # may reach a server connection that never saw it (PgBouncer < 1.21 cannot track them).
+    connection.prepare_threshold = None
+
+
 class Database:
     """The one pool of a replica, sized to the batches in flight, plus the backlog sampler."""
 
@@ -104,7 +112,9 @@ class Database:
             name="jobpub",
             timeout=POOL_TIMEOUT,
             reconnect_timeout=float("inf"),  # keep trying for as long as we run
+            configure=_never_prepare if config.transaction_pooling else None,
         )
+        self.transaction_pooling = config.transaction_pooling
 
     async def open(self) -> None:
         await self._pool.open(wait=False)

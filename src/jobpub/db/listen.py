@@ -43,15 +43,23 @@ class Listener:
 
     def __init__(self, database: Database) -> None:
         self._url = database.url
+        self._enabled = not database.transaction_pooling
         self._last_error = ""  # the last failure logged
 
     async def listen(self, on_notify: Callable[[float | None], None], stop: asyncio.Event) -> None:
         """Deliver NOTIFY hints (earliest new fire_at, epoch seconds) until `stop`.
 
-        A latency optimisation only: polling stays correct without it (PgBouncer's
-        transaction pooling passes no LISTEN). After every (re)connect `on_notify(None)`
-        is called, since notifications sent while disconnected are lost.
+        A latency optimisation only: polling stays correct without it. Under transaction
+        pooling (PgBouncer) it returns at once, having said so. After every (re)connect
+        `on_notify(None)` is called, since notifications sent while disconnected are lost.
         """
+        if not self._enabled:
+            # A pooled server connection forgets the LISTEN as soon as its transaction ends.
+            log.info(
+                "listen_disabled",
+                reason="JOBPUB_TRANSACTION_POOLING: notifications cannot pass; polling",
+            )
+            return
         backoff = Backoff(initial=0.5, maximum=RECONNECT_MAX_S)
         while not stop.is_set():
             try:

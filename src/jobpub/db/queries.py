@@ -168,9 +168,39 @@ LISTEN: Final[LiteralString] = "LISTEN jobpub_jobs"
 # Is the database there? Asked after connections were lost, before claiming again.
 PING: Final[LiteralString] = "SELECT 1"
 
-# Migrations: one advisory lock serialises replicas that start together.
-MIGRATION_LOCK: Final[LiteralString] = "SELECT pg_advisory_lock(7201203841)"
-MIGRATION_UNLOCK: Final[LiteralString] = "SELECT pg_advisory_unlock(7201203841)"
+# Migrations. One advisory lock serialises `jobpub migrate` runs that start together. A
+# transaction's lock, held by a transaction of its own for the whole run: a session lock
+# would stay on whichever server connection PgBouncer's transaction pooling lent and
+# serialise nothing. Tried, not waited for: a waiting statement holds a snapshot, and the
+# concurrent index build of the run that holds the lock would wait for that snapshot,
+# a deadlock through the client that no server can see.
+TRY_MIGRATION_LOCK: Final[LiteralString] = "SELECT pg_try_advisory_xact_lock(7201203841)"
+# The lock's transaction is idle for the whole run by design: no idle timeout ends it.
+KEEP_MIGRATION_LOCK_IDLE: Final[LiteralString] = "SET LOCAL idle_in_transaction_session_timeout = 0"
+# The server's pid, the same for as long as a transaction stays open (PgBouncer shows
+# clients a pid of its own).
+BACKEND_PID: Final[LiteralString] = "SELECT pg_backend_pid()"
+# A migration's table lock queued behind a long transaction would hold every INSERT that
+# comes after it: each attempt waits this long at most, then is retried. set_config(…,
+# true) is SET LOCAL with a parameter; it ends with the transaction (pooling-safe).
+LIMIT_LOCK_WAIT: Final[LiteralString] = "SELECT set_config('lock_timeout', %(timeout)s, true)"
+# Why a migration could not take its locks: the oldest open transaction in this database
+# other than the run's own lock holder, for the message when migrate gives up.
+OLDEST_TRANSACTION: Final[LiteralString] = """
+SELECT pid, state, extract(epoch FROM now() - xact_start)::int AS age_s, left(query, 200)
+FROM pg_stat_activity
+WHERE datname = current_database() AND xact_start IS NOT NULL
+  AND pid <> pg_backend_pid() AND pid <> %(lock_holder)s::int
+ORDER BY xact_start
+LIMIT 1
+"""
+# A failed CREATE INDEX CONCURRENTLY leaves its index INVALID, and IF NOT EXISTS would then
+# skip it for good. Under the migration lock no other build is running: drop and rebuild.
+INDEX_IS_INVALID: Final[LiteralString] = (
+    "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%(name)s)"
+)
+# An identifier cannot be a parameter: the index name is quoted by psycopg (sql.Identifier).
+DROP_INDEX_CONCURRENTLY: Final[LiteralString] = "DROP INDEX CONCURRENTLY IF EXISTS {index}"
 CREATE_MIGRATIONS_TABLE: Final[LiteralString] = """
 CREATE TABLE IF NOT EXISTS jobpub_migrations (
     version    integer PRIMARY KEY,
