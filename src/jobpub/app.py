@@ -13,8 +13,8 @@ from jobpub.db.complete import Completer, RetryPolicy
 from jobpub.db.database import Database, DatabaseConfig
 from jobpub.db.listen import Listener, sample_backlog
 from jobpub.errors import DatabaseError
-from jobpub.health import STALLED_AFTER, DatabaseHealth, Heartbeat
-from jobpub.http import HttpServer, Response
+from jobpub.health import DatabaseHealth, Heartbeat, stalled_after
+from jobpub.http import HttpServer, Response, Route
 from jobpub.metrics import CONTENT_TYPE, Metrics
 from jobpub.publisher import MqttPublisher, PublisherConfig
 from jobpub.relay import Relay, RelayConfig
@@ -51,12 +51,6 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
         heartbeat=heartbeat,
     )
     drained = asyncio.Event()  # the relay is done: connections and servers may close
-    healthy_within = max(STALLED_AFTER, 3 * settings.poll_interval)
-
-    def healthz() -> Response:
-        if heartbeat.alive(healthy_within):
-            return Response(200, b"ok\n")
-        return Response(503, b"relay loop stalled\n")
 
     def readyz() -> Response:
         problems = [
@@ -72,7 +66,9 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
         settings.http_port,
         {
             "/metrics": lambda: Response(200, metrics.render(), CONTENT_TYPE),
-            "/healthz": healthz,
+            "/healthz": healthz_route(
+                heartbeat, stalled_after(settings.poll_interval, settings.hold_timeout)
+            ),
             "/readyz": readyz,
         },
     )
@@ -102,6 +98,18 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
     log.info("stopped")
 
 
+def healthz_route(heartbeat: Heartbeat, stalled_after_s: float) -> Route:
+    """/healthz: 200 while the claim loop comes round, 503 once it has not for a while
+    (an orchestrator then restarts the replica)."""
+
+    def healthz() -> Response:
+        if heartbeat.alive(stalled_after_s):
+            return Response(200, b"ok\n")
+        return Response(503, b"relay loop stalled\n")
+
+    return healthz
+
+
 def _handle_signals(stop: asyncio.Event) -> None:
     """First SIGTERM/SIGINT: stop claiming and drain. Second: exit at once."""
     loop = asyncio.get_running_loop()
@@ -122,6 +130,7 @@ def _database_config(settings: Settings) -> DatabaseConfig:
         url=settings.database_url.get_secret_value(),
         pool_size=settings.concurrency,
         transaction_pooling=settings.transaction_pooling,
+        hold_timeout=settings.hold_timeout,
     )
 
 
@@ -150,6 +159,7 @@ def _relay_config(settings: Settings) -> RelayConfig:
         poll_interval=settings.poll_interval,
         lookahead=settings.lookahead,
         shutdown_timeout=settings.shutdown_timeout,
+        hold_timeout=settings.hold_timeout,
     )
 
 

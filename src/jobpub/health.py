@@ -24,8 +24,8 @@ MARK_AFTER_LOSS_RETRY_MAX_S = 0.25
 # oldest due rows a claim would take them first. Their owners mark them within about
 # 0.6 s near capacity (measured); claiming at once published them twice.
 REJOIN_DELAY = 1.0
-# /healthz turns red when the claim loop has not come round for this long (or for three
-# poll intervals, if longer).
+# /healthz turns red when the claim loop has not come round for this long, or longer
+# where the settings allow longer waits (stalled_after).
 STALLED_AFTER = 60.0
 
 
@@ -102,6 +102,16 @@ class DatabaseHealth:
     def report_settle_failed(self) -> None:
         """Writing a batch's outcomes failed: not ready until a claim succeeds again."""
         self._settles_failed += 1
+
+
+def stalled_after(poll_interval: float, hold_timeout: float) -> float:
+    """How long the claim loop may go without a turn before /healthz calls it stalled.
+
+    Idle, it turns at least once per poll interval. With every slot busy it waits for a
+    batch to end, and a batch's locks last at most the hold timeout (the database ends
+    the transaction then).
+    """
+    return max(STALLED_AFTER, 3 * poll_interval, hold_timeout)
 
 
 class Heartbeat:

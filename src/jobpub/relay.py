@@ -19,10 +19,15 @@ from jobpub.backoff import RECONNECT_MAX_S, Backoff
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.health import REJOIN_DELAY, DatabaseHealth, Heartbeat
 from jobpub.metrics import Metrics
-from jobpub.models import Delivery, Job, Outcome, Settled
+from jobpub.models import Delivery, Job, Outcome, Settled, not_sent
 from jobpub.waiting import wait_for_any
 
 log = structlog.get_logger("jobpub.relay")
+
+# What a job not yet sent becomes once its batch has outlived the hold timeout: the
+# database has ended the transaction (a frozen replica, thawed), its locks are gone and
+# another replica may be publishing the row. Sending it now would only add a copy.
+HOLD_EXPIRED = not_sent("hold_expired", "held past the hold timeout; its claim was lost")
 
 
 class Batch(Protocol):
@@ -77,6 +82,35 @@ class RelayConfig:
     lookahead: float
     shutdown_timeout: float
     rejoin_delay: float = REJOIN_DELAY
+    # Seconds a claim's transaction may stay open (the database's idle timeout on the
+    # claiming sessions); None: unbounded.
+    hold_timeout: float | None = None
+
+
+class Slots:
+    """Batches in flight: the claim loop takes one per batch, the batch gives it back.
+
+    Not an asyncio.Semaphore: the claim loop must wait for a free slot *or* stop, so
+    that SIGTERM is honoured while every batch is out on a broker that does not ack.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._freed = asyncio.Event()
+
+    async def take(self, stop: asyncio.Event) -> bool:
+        """A slot, once one is free; False (and no slot) once `stop` is set."""
+        while self._free == 0 and not stop.is_set():
+            self._freed.clear()
+            await wait_for_any((self._freed, stop), None)
+        if stop.is_set():
+            return False
+        self._free -= 1
+        return True
+
+    def give_back(self) -> None:
+        self._free += 1
+        self._freed.set()
 
 
 class Relay(Generic[BatchT]):
@@ -120,7 +154,7 @@ class Relay(Generic[BatchT]):
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        slots = asyncio.Semaphore(self._config.concurrency)
+        slots = Slots(self._config.concurrency)
         deliveries: set[asyncio.Task[None]] = set()
         async with asyncio.TaskGroup() as group:
             try:
@@ -131,7 +165,7 @@ class Relay(Generic[BatchT]):
     async def _claim_loop(
         self,
         stop: asyncio.Event,
-        slots: asyncio.Semaphore,
+        slots: Slots,
         group: asyncio.TaskGroup,
         deliveries: set[asyncio.Task[None]],
     ) -> None:
@@ -145,11 +179,12 @@ class Relay(Generic[BatchT]):
                 # Claiming with no broker would only hold locks: wait for it.
                 await self._publisher.wait_connected(timeout=min(1.0, config.poll_interval))
                 continue
-            await slots.acquire()
+            if not await slots.take(stop):
+                break  # stopped while every slot was busy: claim nothing more
             if health.needs_rejoin:
                 # Checked with the slot in hand: a batch may lose its commit while this
                 # loop waits for the slot.
-                slots.release()
+                slots.give_back()
                 try:
                     await self._source.check()
                 except DatabaseError as exc:
@@ -163,7 +198,7 @@ class Relay(Generic[BatchT]):
             except DatabaseError as exc:
                 # Unreachable, or the claim itself failed (a permission, a row the
                 # database cannot evaluate): stay up, not ready, and try again.
-                slots.release()
+                slots.give_back()
                 await self._database_failed(exc, backoff, stop)
                 continue
             if health.claimed():
@@ -179,7 +214,7 @@ class Relay(Generic[BatchT]):
                 task.add_done_callback(deliveries.discard)
             else:
                 await self._completer.release(batch)
-                slots.release()
+                slots.give_back()
             if len(batch.jobs) >= config.batch_size:
                 continue  # a backlog: claim the next batch at once
             await self._sleep_until_due(batch, stop)
@@ -229,7 +264,7 @@ class Relay(Generic[BatchT]):
         if timeout > 0:
             await wait_for_any((self._wake, stop), timeout)
 
-    async def _deliver(self, batch: BatchT, slots: asyncio.Semaphore) -> None:
+    async def _deliver(self, batch: BatchT, slots: Slots) -> None:
         try:
             try:
                 started = time.monotonic()
@@ -238,6 +273,9 @@ class Relay(Generic[BatchT]):
             except BaseException:
                 await asyncio.shield(self._completer.release(batch))
                 raise
+            if all(outcome is HOLD_EXPIRED for outcome in outcomes):
+                await self._give_up_expired(batch)
+                return
             settling = asyncio.create_task(
                 self._completer.settle(batch, outcomes), name=f"{_task_name()}-settle"
             )
@@ -256,17 +294,32 @@ class Relay(Generic[BatchT]):
             if cancelled:
                 raise asyncio.CancelledError
         finally:
-            slots.release()
+            slots.give_back()
+
+    async def _give_up_expired(self, batch: BatchT) -> None:
+        """Nothing of the batch was sent before its hold ran out: give it back unsent."""
+        await self._completer.release(batch)  # the transaction is gone: nothing to undo
+        self._metrics.released.inc(len(batch.jobs))
+        log.warning(
+            "batch_hold_expired", count=len(batch.jobs),
+            held_s=round(time.monotonic() - batch.claimed_at, 1),
+        )  # fmt: skip
 
     async def _publish_on_time(self, batch: BatchT) -> list[Outcome]:
-        """Publish each job no earlier than its fire_at; jobs due together go together."""
+        """Publish each job no earlier than its fire_at; jobs due together go together.
+
+        Jobs not yet sent when the batch outlives the hold timeout are HOLD_EXPIRED.
+        """
         jobs = batch.jobs
         origin = batch.claimed_at  # due_in counts from the database's now() before this
+        hold_timeout = self._config.hold_timeout
         pending: list[Awaitable[list[Outcome]]] = []
         lag = self._metrics.lag
         start = 0
         while start < len(jobs):
             now = time.monotonic()
+            if hold_timeout is not None and now - origin > hold_timeout:
+                break  # frozen past the hold (SIGSTOP): the claim is lost, send no more
             end = start
             while end < len(jobs) and origin + jobs[end].due_in <= now:
                 end += 1
@@ -277,7 +330,8 @@ class Relay(Generic[BatchT]):
                 start = end
             else:
                 await asyncio.sleep(origin + jobs[start].due_in - now)
-        return [outcome for group in await asyncio.gather(*pending) for outcome in group]
+        sent = [outcome for group in await asyncio.gather(*pending) for outcome in group]
+        return sent + [HOLD_EXPIRED] * (len(jobs) - start)
 
     def _record(
         self,

@@ -160,6 +160,25 @@ class Settings(BaseSettings):
     shutdown_timeout: PositiveSeconds = 10.0
     backlog_interval: PositiveSeconds = 15.0
 
+    # Seconds a database session may sit in an open transaction or run one statement. A
+    # claim's rows stay locked while its batch is held for its fire_at (at most the
+    # lookahead) and waits for acks (at most the ack timeout), so this must exceed both
+    # together; 45 s does for the default ack timeout and any lookahead (at most 10 s).
+    # A frozen replica's rows are free this long after its last statement.
+    hold_timeout: PositiveSeconds = 45.0
+
+    @model_validator(mode="after")
+    def _check_hold_timeout(self) -> Settings:
+        longest_hold = self.mqtt_ack_timeout + self.lookahead
+        if self.hold_timeout <= longest_hold:
+            raise ValueError(
+                f"JOBPUB_HOLD_TIMEOUT ({self.hold_timeout:g} s) must exceed "
+                f"JOBPUB_MQTT_ACK_TIMEOUT + JOBPUB_LOOKAHEAD ({longest_hold:g} s): a batch "
+                "still waiting for its acks would lose its row locks, and its rows could "
+                "be published twice"
+            )
+        return self
+
     # Comma-separated topic prefixes rows may publish to ("" allows every topic); a row
     # outside them goes dead, so a producer cannot reach $SYS or another tenant's tree.
     topic_prefixes: str = ""

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from jobpub.db import queries
@@ -21,8 +22,34 @@ POOL_TIMEOUT = 5.0
 # A connection of our own (not the pool's), to say why the pool has none.
 PROBE_CONNECT_TIMEOUT = 5
 
-# Errors that mean "the database is not there right now", as opposed to a bug.
-UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, pg_errors.AdminShutdown)
+# TCP keepalives on every connection, so that a peer gone silent (a partition, a paused
+# VM, a dead host) is noticed in about KEEPALIVE_IDLE + KEEPALIVE_INTERVAL x
+# KEEPALIVE_COUNT = 25 s instead of Linux's two hours: by libpq on our side (a claim or
+# LISTEN on a vanished server fails instead of hanging), and by the server on its side
+# for pooled sessions (SESSION_LIMITS). A URL that sets its own keeps them.
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
+# Sent data unacknowledged this long drops the connection too (a write into a partition
+# retransmits for about 15 minutes otherwise). Milliseconds, as libpq and the server take it.
+TCP_USER_TIMEOUT_MS = (KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT) * 1000
+_KEEPALIVES: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": KEEPALIVE_IDLE,
+    "keepalives_interval": KEEPALIVE_INTERVAL,
+    "keepalives_count": KEEPALIVE_COUNT,
+    "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+}
+
+# Errors that mean "the database is not there right now", as opposed to a bug. A session
+# ended by idle_in_transaction_session_timeout (a replica frozen past its hold) is gone
+# like any lost connection: its locks went with it.
+UNAVAILABLE = (
+    psycopg.OperationalError,
+    PoolTimeout,
+    pg_errors.AdminShutdown,
+    pg_errors.IdleInTransactionSessionTimeout,
+)
 _SCHEMA = (pg_errors.UndefinedTable, pg_errors.UndefinedColumn, pg_errors.UndefinedFunction)
 
 
@@ -32,6 +59,15 @@ class DatabaseConfig:
     pool_size: int  # one connection per batch in flight (the relay's concurrency)
     # Behind PgBouncer's transaction pooling: no prepared statements, no LISTEN.
     transaction_pooling: bool = False
+    # Seconds a pooled session may sit in an open transaction (a claim's locks held while
+    # its batch publishes) or run one statement; None leaves the server's settings.
+    hold_timeout: float | None = None
+
+
+def keepalive_options(url: str) -> dict[str, int]:
+    """libpq keepalive parameters for a connection to `url`, except those it sets itself."""
+    given = conninfo_to_dict(url)
+    return {name: value for name, value in _KEEPALIVES.items() if name not in given}
 
 
 def database_errors(action: str) -> _Translate:
@@ -65,10 +101,11 @@ async def connect(
     url: str, *, autocommit: bool = False, connect_timeout: int | None = None
 ) -> Connection:
     """A connection of its own, outside any pool (administration, LISTEN, recovery)."""
-    if connect_timeout is None:
-        return await psycopg.AsyncConnection.connect(url, autocommit=autocommit)
+    options: dict[str, int] = keepalive_options(url)
+    if connect_timeout is not None:
+        options["connect_timeout"] = connect_timeout
     return await psycopg.AsyncConnection.connect(
-        url, autocommit=autocommit, connect_timeout=connect_timeout
+        make_conninfo(url, **options), autocommit=autocommit
     )
 
 
@@ -104,20 +141,49 @@ class Database:
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.url = config.url
+        self._hold_timeout = config.hold_timeout
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             config.url,
+            kwargs=keepalive_options(config.url),
             min_size=config.pool_size,
             max_size=config.pool_size + 1,  # + the backlog sampler
             open=False,
             name="jobpub",
             timeout=POOL_TIMEOUT,
             reconnect_timeout=float("inf"),  # keep trying for as long as we run
-            configure=_never_prepare if config.transaction_pooling else None,
+            configure=self._configure_session,
         )
         self.transaction_pooling = config.transaction_pooling
 
     async def open(self) -> None:
         await self._pool.open(wait=False)
+
+    async def _configure_session(self, connection: Connection) -> None:
+        if self.transaction_pooling:
+            # Session settings would stay on whichever server connection PgBouncer lent and
+            # reach other clients; PgBouncer's idle_transaction_timeout bounds a hold there.
+            await _never_prepare(connection)
+        else:
+            await self._limit_session(connection)
+
+    async def _limit_session(self, connection: Connection) -> None:
+        """Bound what a pooled session may hold: a frozen replica's locks, a stuck statement.
+
+        Run once per new connection; committed, so the pool receives it idle.
+        """
+        if self._hold_timeout is None:
+            return
+        await connection.execute(
+            queries.SESSION_LIMITS,
+            {
+                "hold_timeout_ms": str(round(self._hold_timeout * 1000)),
+                "keepalives_idle": str(KEEPALIVE_IDLE),
+                "keepalives_interval": str(KEEPALIVE_INTERVAL),
+                "keepalives_count": str(KEEPALIVE_COUNT),
+                "tcp_user_timeout_ms": str(TCP_USER_TIMEOUT_MS),
+            },
+        )
+        await connection.commit()
 
     async def close(self) -> None:
         await self._pool.close()

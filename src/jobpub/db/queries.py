@@ -168,6 +168,21 @@ LISTEN: Final[LiteralString] = "LISTEN jobpub_jobs"
 # Is the database there? Asked after connections were lost, before claiming again.
 PING: Final[LiteralString] = "SELECT 1"
 
+# Limits on every pooled session, set once per connection (jobpub.db.database). The idle
+# timeout ends a transaction left open by a frozen replica (SIGSTOP, a paused VM, a
+# partition) so the server frees its claimed rows; the statement timeout bounds a stuck
+# statement, a lock wait included, which is why no lock_timeout is set apart; the
+# server's keepalives and TCP user timeout drop a silent client's socket. set_config,
+# not SET, because SET takes no parameters; session-wide (false), not per transaction.
+SESSION_LIMITS: Final[LiteralString] = """
+SELECT set_config('idle_in_transaction_session_timeout', %(hold_timeout_ms)s, false),
+       set_config('statement_timeout', %(hold_timeout_ms)s, false),
+       set_config('tcp_keepalives_idle', %(keepalives_idle)s, false),
+       set_config('tcp_keepalives_interval', %(keepalives_interval)s, false),
+       set_config('tcp_keepalives_count', %(keepalives_count)s, false),
+       set_config('tcp_user_timeout', %(tcp_user_timeout_ms)s, false)
+"""
+
 # Migrations. One advisory lock serialises `jobpub migrate` runs that start together. A
 # transaction's lock, held by a transaction of its own for the whole run: a session lock
 # would stay on whichever server connection PgBouncer's transaction pooling lent and
