@@ -3,7 +3,8 @@
 # PostgreSQL and Mosquitto are installed, this installs what is missing, starts PostgreSQL
 # if it is down, a no-drop Mosquitto of its own, three `jobpub run` replicas and a
 # subscriber, inserts a few jobs and prints each message as it arrives, with its lag.
-# Ctrl-C (or SIGTERM) stops everything it started and nothing else; the database stays.
+# Ctrl-C (or SIGTERM) stops everything it started and nothing else. The database stays for
+# inspection, and so does PostgreSQL if this script had to start it (a system service).
 #
 # Settings (all optional):
 #   JOBPUB_DEMO_ADMIN_URL  a PostgreSQL URL ending in /DBNAME that may create databases
@@ -70,23 +71,28 @@ stop() {
     local label=$1 pid alive=()
     shift
     for pid in "$@"; do if running "$pid"; then alive+=("$pid"); fi; done
-    [ ${#alive[@]} -gt 0 ] || return 0
-    echo "stopping $label (pid ${alive[*]})"
-    kill -TERM "${alive[@]}" 2>/dev/null || true
-    local deadline=$((SECONDS + 20))
-    while [ "$SECONDS" -lt "$deadline" ] && [ -z "$forced" ]; do
-        alive=()
-        for pid in "$@"; do if running "$pid"; then alive+=("$pid"); fi; done
-        [ ${#alive[@]} -gt 0 ] || break
-        sleep 0.1
-    done
+    if [ ${#alive[@]} -gt 0 ]; then
+        echo "stopping $label (pid ${alive[*]})"
+        kill -TERM "${alive[@]}" 2>/dev/null || true
+        local deadline=$((SECONDS + 20))
+        while [ "$SECONDS" -lt "$deadline" ] && [ -z "$forced" ]; do
+            alive=()
+            for pid in "$@"; do if running "$pid"; then alive+=("$pid"); fi; done
+            [ ${#alive[@]} -gt 0 ] || break
+            sleep 0.1
+        done
+    fi
+    local code report=""
     for pid in "$@"; do
         if running "$pid"; then
             echo "$label: pid $pid did not stop; killing it"
             kill -KILL "$pid" 2>/dev/null || true
         fi
-        wait "$pid" 2>/dev/null || true
+        code=0
+        wait "$pid" 2>/dev/null || code=$?
+        report+="${report:+, }pid $pid exit $code"
     done
+    [ -z "$report" ] || echo "stopped $label ($report)"
 }
 
 forced=""
@@ -99,12 +105,15 @@ stop_all() {
     stop "subscriber" "${subscriber_pids[@]}"
     stop "Mosquitto" "${broker_pids[@]}"
     echo "logs kept in $run_dir"
-    echo "database left for inspection: psql $DATABASE_URL"
+    echo "database left for inspection (PostgreSQL keeps running): psql $DATABASE_URL"
     exit "$status"
 }
+# A signal only asks: the waits below notice within a second and the demo ends with exit 0,
+# its normal end. The services run in sessions of their own, so a terminal's Ctrl-C reaches
+# only this script, which stops them in order (replicas drain into a broker still up).
+stop_requested=""
+trap 'stop_requested=1' INT TERM HUP
 trap stop_all EXIT
-# Stopping on request is how the demo ends: exit 0 (stop_all reports anything unclean).
-trap 'exit 0' INT TERM HUP
 
 say "Mosquitto (deploy/mosquitto/mosquitto.conf: no messages dropped)"
 mqtt_port=${JOBPUB_DEMO_MQTT_PORT:-$(first_free_port 1884)}
@@ -116,32 +125,13 @@ say "subscriber (mosquitto_sub on '#')"
 # Subscribe once in a persistent session and leave: from here on the broker queues every
 # message for this client id, so none published before the reader connects is missed.
 mosquitto_sub -p "$mqtt_port" -i "$SUBSCRIBER_ID" -c -q 1 -t '#' -E
-
-# print_messages: reads `arrival<TAB>topic<TAB>payload` (mosquitto_sub -F, arrival as
-# epoch seconds.nanoseconds) and prints each message with its lag from fire_at_ms.
-print_messages() {
-    local arrived topic payload arrived_ms fraction
-    while IFS=$'\t' read -r arrived topic payload; do
-        if [[ ! $arrived =~ ^([0-9]+)\.([0-9]{3}) ]]; then
-            echo "message (unparsed): $arrived" # a payload with a line break
-            continue
-        fi
-        fraction=${BASH_REMATCH[2]}
-        arrived_ms=$((BASH_REMATCH[1] * 1000 + 10#$fraction))
-        printf 'message %s at %(%H:%M:%S)T.%s' "$topic" "${BASH_REMATCH[1]}" "$fraction"
-        if [[ $payload =~ \"fire_at_ms\"\ *:\ *([0-9]+) ]]; then
-            printf ', %d ms after its fire_at' $((arrived_ms - BASH_REMATCH[1]))
-        fi
-        printf ': %s\n' "$payload"
-    done
-}
+# It writes into a pipe that this script reads and prints, at the end.
 mkfifo "$run_dir/messages"
 setsid mosquitto_sub -p "$mqtt_port" -i "$SUBSCRIBER_ID" -c -q 1 -t '#' -F '%U\t%t\t%p' \
     </dev/null >"$run_dir/messages" &
 subscriber_pids+=($!)
-print_messages <"$run_dir/messages" &
-subscriber_pids+=($!)
-echo "started mosquitto_sub (pid ${subscriber_pids[0]}) and its printer (pid ${subscriber_pids[1]})"
+echo "started mosquitto_sub (pid $!); this script prints what it receives"
+exec 3<"$run_dir/messages"
 
 say "$REPLICAS replicas (jobpub run)"
 http_port=${JOBPUB_DEMO_HTTP_PORT:-8080}
@@ -172,6 +162,7 @@ ready() {
 deadline=$((SECONDS + 60))
 for i in $(seq "$REPLICAS"); do
     until ready "${http_ports[i - 1]}"; do
+        [ -z "$stop_requested" ] || exit 0
         if ! running "${replica_pids[i - 1]}" || [ "$SECONDS" -ge "$deadline" ]; then
             echo "replica $i did not become ready; the end of its log:" >&2
             tail -n 20 "$run_dir/replica-$i.log" >&2
@@ -206,10 +197,32 @@ say "watching: messages print as they arrive (Ctrl-C stops everything this scrip
 echo "add your own: psql $DATABASE_URL -c \"INSERT INTO jobs (topic, payload, fire_at)" \
     "VALUES ('$TOPIC_ROOT/mine', 'hello', now() + interval '3 s')\""
 
-# Returns when a trapped signal arrives (its trap then stops everything) or a child ends,
-# which must not happen while the demo runs.
-while true; do
-    wait -n || true
+# print_message ARRIVAL TOPIC PAYLOAD (mosquitto_sub -F '%U\t%t\t%p': the arrival in epoch
+# seconds.nanoseconds): one line, with the lag from the payload's fire_at_ms if it has one.
+print_message() {
+    local arrived=$1 topic=$2 payload=$3 seconds milliseconds
+    if [[ ! $arrived =~ ^([0-9]+)\.([0-9]{3}) ]]; then
+        echo "message (unparsed): $*" # a payload with a line break
+        return
+    fi
+    seconds=${BASH_REMATCH[1]} milliseconds=${BASH_REMATCH[2]}
+    printf 'message %s at %(%H:%M:%S)T.%s' "$topic" "$seconds" "$milliseconds"
+    if [[ $payload =~ \"fire_at_ms\"\ *:\ *([0-9]+) ]]; then
+        printf ', %d ms after its fire_at' $((seconds * 1000 + 10#$milliseconds - BASH_REMATCH[1]))
+    fi
+    printf ': %s\n' "$payload"
+}
+
+# Print messages until asked to stop; every second with none, check that nothing this
+# script started has ended on its own.
+while [ -z "$stop_requested" ]; do
+    if IFS=$'\t' read -r -t 1 arrived topic payload <&3; then
+        print_message "$arrived" "$topic" "$payload"
+        continue
+    elif [ $? -le 128 ] && [ -z "$stop_requested" ]; then # end of input, not a timeout
+        echo "mosquitto_sub closed its output; stopping the demo (logs: $run_dir)" >&2
+        exit 1
+    fi
     for pid in "${replica_pids[@]}" "${subscriber_pids[@]}" "${broker_pids[@]}"; do
         if ! running "$pid"; then
             echo "pid $pid ended on its own; stopping the demo (logs: $run_dir)" >&2
@@ -217,3 +230,4 @@ while true; do
         fi
     done
 done
+exit 0
