@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ from pathlib import Path
 import psycopg
 
 from tests.conftest import ADMIN_URL, PROJECT, database_url
-from tests.support.broker import Broker, free_port
+from tests.support.broker import Broker
 from tests.support.waiting import wait_until
 
 DEMO = PROJECT / "scripts" / "demo.sh"
@@ -109,6 +111,20 @@ def stop(demo: Demo, marker: str, *, ctrl_c: bool) -> None:
     assert "database left for inspection" in demo.output()
 
 
+def quiet_port() -> int:
+    """A free port below Linux's ephemeral range (32768 up), where no outgoing connection
+    of a parallel test takes it between this check and the demo's bind; random, so
+    parallel runs seldom meet."""
+    while True:
+        port = random.randrange(20_000, 30_000)  # noqa: S311 - not for security
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
 def scalar(url: str, sql: str) -> object:
     with psycopg.connect(url) as conn:
         row = conn.execute(sql).fetchone()
@@ -125,8 +141,8 @@ def test_demo_runs_the_showcase_twice_and_stops_only_what_it_started(
     env.update(
         JOBPUB_DEMO_ADMIN_URL=ADMIN_URL,
         JOBPUB_DEMO_DATABASE=database,
-        JOBPUB_DEMO_MQTT_PORT=str(free_port()),
-        JOBPUB_DEMO_HTTP_PORT=str(free_port()),
+        JOBPUB_DEMO_MQTT_PORT=str(quiet_port()),
+        JOBPUB_DEMO_HTTP_PORT=str(quiet_port()),  # the replicas take the first free from here
         JOBPUB_DEMO_TEST_RUN=marker,  # every process the demo starts inherits it
         TMPDIR=str(tmp_path),
     )
