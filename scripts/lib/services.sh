@@ -23,6 +23,7 @@ package_missing() {
         mosquitto) ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ] ;;
         mosquitto-clients) ! command -v mosquitto_sub >/dev/null ;;
         postgresql) ! command -v psql >/dev/null ;;
+        pgbouncer) ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ] ;;
         python3-venv) ! python3 -c 'import ensurepip, venv' 2>/dev/null ;;
         *) ! command -v "$1" >/dev/null ;;
     esac
