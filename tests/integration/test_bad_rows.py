@@ -15,11 +15,11 @@ import pytest
 from jobpub import migrations
 from jobpub.db.admin import migrate
 from jobpub.models import PUBLISHED
-from tests.integration.test_schema_and_claim import insert_due, opened_store
 from testbed.broker import Broker
 from testbed.daemon import make_settings, running
 from testbed.subscriber import Subscriber
 from testbed.waiting import eventually
+from tests.integration.test_schema_and_claim import insert_due, opened_store
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -57,7 +57,7 @@ async def published_count(db: Conn) -> int:
 
 
 @pytest.mark.parametrize(
-    ("topic", "fire_at", "qos", "reason"),
+    "case",  # (topic, fire_at, qos, the reason it ends dead with)
     [
         ("bad/{}/never", "-infinity", 1, "fire_at is -infinity"),
         ("bad/{}/+/x", "-1 s", 1, "wildcard"),
@@ -73,11 +73,9 @@ async def test_a_legacy_row_that_breaks_a_constraint_ends_dead_and_the_rest_flow
     empty_db_url: str,
     broker: Broker,
     subscriber: Subscriber,
-    topic: str | None,
-    fire_at: str,
-    qos: int,
-    reason: str,
+    case: tuple[str | None, str, int, str],
 ) -> None:
+    topic, fire_at, qos, reason = case
     # The bad row is the oldest due row: every claim takes it first, with good rows.
     bad_fire_at = fire_at if fire_at == "-infinity" else "2000-01-01Z"
     bad_topic = topic.format(subscriber.prefix) if topic else topic
@@ -157,9 +155,7 @@ async def test_an_oversized_payload_goes_dead_unread_and_claims_are_bounded_in_b
 
 async def test_a_batch_of_refused_rows_only_goes_dead_on_release(db_url: str, db: Conn) -> None:
     # The relay releases a batch with nothing to publish; its refused rows must not wait.
-    await db.execute(
-        "INSERT INTO jobs (topic, payload) VALUES ('t/huge', repeat('x', 2000))"
-    )
+    await db.execute("INSERT INTO jobs (topic, payload) VALUES ('t/huge', repeat('x', 2000))")
     async with opened_store(db_url, max_payload_bytes=1000) as store:
         batch = await store.claim()
         assert batch.jobs == []
