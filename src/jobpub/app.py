@@ -141,6 +141,8 @@ def _claim_config(settings: Settings) -> ClaimConfig:
         consumer_count=settings.consumer_count,
         consumer_index=settings.consumer_index,
         takeover_delay=settings.takeover_delay,
+        max_payload_bytes=settings.max_payload_bytes,
+        batch_max_bytes=settings.batch_max_bytes,
     )
 
 

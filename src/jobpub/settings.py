@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     max_attempts: Annotated[int, Field(ge=1, le=1000)] = 25
     retry_backoff: RetrySeconds = 1.0
     retry_backoff_max: RetrySeconds = 3600.0
+    # A row whose payload is longer goes dead unread (its size is read from the row's
+    # header). Below the deploy broker's 1 MiB packet limit (deploy/mosquitto), and at
+    # managed brokers' size (Azure IoT Hub 256 KB; AWS IoT Core 128 KB): raise it with the
+    # broker's limit. The batch bound caps what one claim reads, so a replica's memory
+    # holds at most (batch_max_bytes + one row) x concurrency of rows, whatever their sizes.
+    max_payload_bytes: Annotated[int, Field(ge=1, le=268_435_455)] = 256 * 1024
+    batch_max_bytes: Annotated[int, Field(ge=1, le=1 << 30)] = 4 * 1024 * 1024
     shutdown_timeout: PositiveSeconds = 10.0
     backlog_interval: PositiveSeconds = 15.0
 

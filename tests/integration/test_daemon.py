@@ -60,7 +60,9 @@ async def test_due_jobs_publish_on_time_and_bad_rows_end_dead(
         (topic("soon/"),),
     )
     port = free_port()
-    async with running(make_settings(db_url, broker.url, http_port=port)):
+    # The 2 MB row is for the broker's packet limit (1 MiB) to refuse: let the claim read it.
+    settings = make_settings(db_url, broker.url, http_port=port, max_payload_bytes=4 << 20)
+    async with running(settings):
         received = await asyncio.to_thread(subscriber.wait_for, 8, 20)
         await eventually(lambda: _settled(db), 10, "every row settled")
         assert (await http_get(port, "/readyz"))[0] == 200

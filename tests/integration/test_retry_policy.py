@@ -26,7 +26,13 @@ async def claimer_and_completer(
 ) -> AsyncIterator[tuple[Claimer, Completer]]:
     database = Database(DatabaseConfig(db_url, pool_size=1))
     claim = ClaimConfig(
-        limit=10, lookahead=0, consumer_count=1, consumer_index=0, takeover_delay=30
+        limit=10,
+        lookahead=0,
+        consumer_count=1,
+        consumer_index=0,
+        takeover_delay=30,
+        max_payload_bytes=256 * 1024,
+        batch_max_bytes=4 * 1024 * 1024,
     )
     await database.open()
     try:

@@ -64,6 +64,8 @@ async def opened_store(db_url: str, **overrides: Any) -> AsyncIterator[Store]:
         consumer_count=settings.consumer_count,
         consumer_index=settings.consumer_index,
         takeover_delay=settings.takeover_delay,
+        max_payload_bytes=settings.max_payload_bytes,
+        batch_max_bytes=settings.batch_max_bytes,
     )
     retry = RetryPolicy(settings.max_attempts, settings.retry_backoff, settings.retry_backoff_max)
     await database.open()
@@ -174,7 +176,8 @@ async def test_claim_query_uses_the_partial_index(db: Conn) -> None:
     )
     await db.execute("ANALYZE jobs")
     params = {"limit": 1000, "lookahead": 0.25, "consumer_count": 1, "consumer_index": 0,
-              "takeover_delay": 30.0}  # fmt: skip
+              "takeover_delay": 30.0, "max_payload_bytes": 262144,
+              "batch_max_bytes": 4194304}  # fmt: skip
     cursor = await db.execute(
         "EXPLAIN (FORMAT JSON) " + queries.CLAIM_DUE_JOBS,
         params,
@@ -192,7 +195,8 @@ async def test_claim_reads_the_index_in_order_even_when_statistics_are_stale(db:
     await db.execute("ANALYZE jobs")
     await insert_due(db, 20_000)
     params = {"limit": 1000, "lookahead": 0.05, "consumer_count": 1, "consumer_index": 0,
-              "takeover_delay": 30.0, "lane": 3}  # fmt: skip
+              "takeover_delay": 30.0, "lane": 3, "max_payload_bytes": 262144,
+              "batch_max_bytes": 4194304}  # fmt: skip
     for claim, index in [
         (queries.CLAIM_DUE_JOBS, "jobs_pending_fire_at_idx"),
         (queries.CLAIM_DUE_JOBS_IN_LANE, "jobs_pending_lane_idx"),

@@ -27,7 +27,8 @@ from testbed.waiting import eventually
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 CLAIM = ClaimConfig(limit=100, lookahead=0.02, consumer_count=1, consumer_index=0,
-                    takeover_delay=30)  # fmt: skip
+                    takeover_delay=30, max_payload_bytes=256 * 1024,
+                    batch_max_bytes=4 * 1024 * 1024)  # fmt: skip
 
 
 def socket_options(connection: Connection) -> tuple[int, int, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -22,10 +22,14 @@ class ClaimConfig:
     consumer_count: int
     consumer_index: int
     takeover_delay: float
+    max_payload_bytes: int  # a longer payload is refused unread (JOBPUB_MAX_PAYLOAD_BYTES)
+    batch_max_bytes: int  # topic and payload bytes per claim (JOBPUB_BATCH_MAX_BYTES)
 
     def params(self) -> dict[str, object]:
         return {
             "limit": self.limit,
+            "max_payload_bytes": self.max_payload_bytes,
+            "batch_max_bytes": self.batch_max_bytes,
             "lookahead": self.lookahead,
             "consumer_count": self.consumer_count,
             "consumer_index": self.consumer_index,
@@ -34,13 +38,28 @@ class ClaimConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """A claimed row no replica can publish (queries.CLAIM_DUE_JOBS, `refusal`)."""
+
+    id: int
+    reason: str  # stored as the row's last_error
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedBatch:
-    """Claimed rows, locked by `transaction` until a Completer settles or releases them."""
+    """Claimed rows, locked by `transaction` until a Completer settles or releases them.
+
+    `jobs` are to publish. `refused` are never published: the Completer marks them dead
+    whether the batch is settled or released. `held` rows are past the claim's byte bound:
+    locked but unread, free again when the transaction ends.
+    """
 
     jobs: list[Job]
     claimed_at: float  # time.monotonic() when the rows arrived
     next_wake_in: float | None  # seconds from claimed_at until the next known job is due
     transaction: Transaction
+    refused: list[Refusal] = field(default_factory=list)
+    held: int = 0
 
 
 class LanePicker:
@@ -98,8 +117,11 @@ class Claimer:
                         rows = await self._claim_rows(cursor, None)
                     self._lanes.backlog = len(rows) >= limit
                     claimed_at = time.monotonic()
-                    next_wake_in = None
-                    if len(rows) < limit:
+                    jobs, refused, held = _sort_claimed(rows)
+                    next_wake_in: float | None = None
+                    if held:
+                        next_wake_in = 0.0  # due rows are waiting: claim again at once
+                    elif len(rows) < limit:
                         await cursor.execute(queries.NEXT_WAKE, self._config.params())
                         found = await cursor.fetchone()
                         next_wake_in = found[0] if found else None
@@ -108,10 +130,12 @@ class Claimer:
                 raise
         self._metrics.claim_duration.observe(claimed_at - started)
         return ClaimedBatch(
-            jobs=list(map(Job._make, rows)),
+            jobs=jobs,
             claimed_at=claimed_at,
             next_wake_in=next_wake_in,
             transaction=Transaction(connection),
+            refused=refused,
+            held=held,
         )
 
     async def check(self) -> None:
@@ -129,3 +153,22 @@ class Claimer:
                 queries.CLAIM_DUE_JOBS_IN_LANE, {**self._config.params(), "lane": lane}
             )
         return await cursor.fetchall()
+
+
+# Columns of the claim statements: the Job's fields, then `refusal` and `held`.
+_JOB_COLUMNS = len(Job._fields)
+
+
+def _sort_claimed(rows: list[tuple[Any, ...]]) -> tuple[list[Job], list[Refusal], int]:
+    """Jobs to publish, rows refused, and how many rows were held past the byte bound."""
+    if not any(row[-2] is not None or row[-1] for row in rows):  # the common case
+        return [Job._make(row[:_JOB_COLUMNS]) for row in rows], [], 0
+    jobs, refused, held = [], [], 0
+    for row in rows:
+        if row[-2] is not None:
+            refused.append(Refusal(row[0], row[-2]))
+        elif row[-1]:
+            held += 1
+        else:
+            jobs.append(Job._make(row[:_JOB_COLUMNS]))
+    return jobs, refused, held

@@ -18,8 +18,8 @@ import structlog
 from jobpub.backoff import Backoff
 from jobpub.db import queries
 from jobpub.db.claim import ClaimedBatch
-from jobpub.db.database import UNAVAILABLE, Database, connect, database_errors
-from jobpub.errors import DatabaseUnavailable, SchemaMissing
+from jobpub.db.database import UNAVAILABLE, Connection, Database, connect, database_errors
+from jobpub.errors import DatabaseError, DatabaseUnavailable, SchemaMissing
 from jobpub.health import MARK_AFTER_LOSS_RETRY_MAX_S, MARK_AFTER_LOSS_WITHIN
 from jobpub.models import Delivery, Outcome, Settled
 
@@ -66,7 +66,9 @@ class _Sorted:
 
 
 def _sort(batch: ClaimedBatch, outcomes: Sequence[Outcome]) -> _Sorted:
-    sorted_ = _Sorted([], [], [], [], [], 0)
+    sorted_ = _Sorted(
+        [], [r.id for r in batch.refused], [r.reason for r in batch.refused], [], [], 0
+    )
     for job, outcome in zip(batch.jobs, outcomes, strict=True):
         if outcome.delivery is Delivery.PUBLISHED:
             sorted_.published.append(job.id)
@@ -114,17 +116,20 @@ class Completer:
                             },
                         )
                         dead += sum(1 for (is_dead,) in await cursor.fetchall() if is_dead)
+                    if batch.held:
+                        await cursor.execute(queries.NOTIFY_HELD_ROWS)
                 await connection.commit()
         except DatabaseUnavailable as exc:
             if not rows.published or isinstance(exc, SchemaMissing):
                 raise
             lost = exc
         else:
+            _log_refused(batch)
             return Settled(
                 published=len(rows.published),
                 dead=dead,
                 retrying=len(rows.retry_ids) - (dead - len(rows.dead_ids)),
-                released=rows.released,
+                released=rows.released + batch.held,
             )
         finally:
             await self._database.give_back(connection)
@@ -140,16 +145,41 @@ class Completer:
         )
 
     async def release(self, batch: ClaimedBatch) -> None:
-        """Give every row back untouched (roll back)."""
+        """Give every row back untouched (roll back), except refused rows: they go dead,
+        since no later claim could publish them either."""
         if not batch.transaction.is_open:
             return
         connection = batch.transaction.take()
         try:
-            await connection.rollback()
+            if batch.refused:
+                await self._mark_refused(connection, batch)
+            else:
+                await connection.rollback()
         except UNAVAILABLE:
             pass  # the connection is gone, and with it the locks: the rows are free already
         finally:
             await self._database.give_back(connection)
+
+    async def _mark_refused(self, connection: Connection, batch: ClaimedBatch) -> None:
+        try:
+            with database_errors("marking refused rows dead"):
+                async with connection.cursor() as cursor:
+                    await cursor.execute(
+                        queries.MARK_DEAD,
+                        {
+                            "ids": [r.id for r in batch.refused],
+                            "errors": [r.reason for r in batch.refused],
+                        },
+                    )
+                    if batch.held:
+                        await cursor.execute(queries.NOTIFY_HELD_ROWS)
+                await connection.commit()
+        except DatabaseError as exc:
+            # A release never fails: the rows are claimed again and refused again.
+            await connection.rollback()
+            log.warning("refused_rows_not_marked", count=len(batch.refused), error=str(exc))
+        else:
+            _log_refused(batch)
 
     async def _mark_after_loss(self, batch: ClaimedBatch, published: list[int]) -> int:
         """The transaction died with rows the broker has: mark them on a new connection,
@@ -177,3 +207,8 @@ class Completer:
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(backoff.next())
+
+
+def _log_refused(batch: ClaimedBatch) -> None:
+    if batch.refused:
+        log.warning("rows_refused", count=len(batch.refused), first_error=batch.refused[0].reason)

@@ -31,23 +31,54 @@ LANES: Final = 16
 # at its own time. `due_in` is fire_at - now() in seconds; an infinite fire_at left from
 # before the constraint (`-infinity` is due; `infinity` never is) counts as due now,
 # since PostgreSQL cannot subtract it.
+# Bounded in bytes as well as rows, without loading what it refuses: octet_length reads
+# a TOASTed value's size from its header, and the locking subquery passes payloads on as
+# TOAST pointers, so a payload is read only when the outer CASE returns it. `refusal`
+# names why a row cannot be published (NULL for the rows to publish): a NULL topic or
+# payload (an adopted table may allow them; refused here, not at INSERT) or a payload
+# over `max_payload_bytes`; the Completer marks those dead. `held`: a row that starts
+# past `batch_max_bytes` in claim order (so a claim reads at most one row beyond it, and
+# always its first); it stays locked, untouched and unread, until the batch ends, and
+# the next claim takes it. The running sum and the result keep the order the locking
+# subquery returns rows in (its index's): an ORDER BY above it would add a sort, since
+# the planner does not trust LockRows' output to stay ordered.
 # The oldest due rows of all. Rows outside this replica's static partition are taken
 # too once overdue by `takeover_delay`, so a dead partner's share still fires.
 CLAIM_DUE_JOBS: Final[LiteralString] = """
-SELECT id, topic, payload::text, qos, retain,
-       CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
-            ELSE 0 END AS due_in,
-       xmin::text AS version
-FROM jobs
-WHERE NOT processed AND failed_at IS NULL
-  AND fire_at <= now() + make_interval(secs => %(lookahead)s)
-  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-  AND (%(consumer_count)s::int = 1
+SELECT id, topic,
+       CASE WHEN refusal IS NULL AND running - size < %(batch_max_bytes)s::bigint
+            THEN payload::text END AS payload,
+       qos, retain, due_in, version, refusal,
+       refusal IS NULL AND running - size >= %(batch_max_bytes)s::bigint AS held
+FROM (
+    SELECT claimed.*,
+           sum(CASE WHEN refusal IS NULL THEN size ELSE 0 END)
+               OVER (ROWS UNBOUNDED PRECEDING) AS running
+    FROM (
+        SELECT id, topic, payload, qos, retain, fire_at,
+               CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
+                    ELSE 0 END AS due_in,
+               xmin::text AS version,
+               octet_length(topic) + octet_length(payload) AS size,
+               CASE WHEN topic IS NULL THEN 'topic is NULL'
+                    WHEN payload IS NULL THEN 'payload is NULL'
+                    WHEN octet_length(payload) > %(max_payload_bytes)s::bigint
+                    THEN 'payload is ' || octet_length(payload)::text
+                         || ' bytes, over JOBPUB_MAX_PAYLOAD_BYTES ('
+                         || %(max_payload_bytes)s::bigint::text || ')'
+               END AS refusal
+        FROM jobs
+        WHERE NOT processed AND failed_at IS NULL
+          AND fire_at <= now() + make_interval(secs => %(lookahead)s)
+          AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+          AND (%(consumer_count)s::int = 1
        OR id %% %(consumer_count)s::int = %(consumer_index)s::int
-       OR fire_at <= now() - make_interval(secs => %(takeover_delay)s))
-ORDER BY fire_at, id
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED
+               OR fire_at <= now() - make_interval(secs => %(takeover_delay)s))
+        ORDER BY fire_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS claimed
+) AS budgeted
 """
 
 # Under a backlog, claims that all start at the head of jobs_pending_fire_at_idx step
@@ -57,21 +88,41 @@ FOR UPDATE SKIP LOCKED
 # jobs_pending_lane_idx splits pending rows into LANES lanes by id, so a claim under a
 # backlog takes the oldest due rows of one lane, and claims in flight at once mostly
 # hold different lanes. Order holds within a lane; across lanes it may differ by a few
-# batches. The same columns and due predicate as CLAIM_DUE_JOBS: never early. Used only
-# without a static partition, so there is no partition predicate.
+# batches. The same columns, refusals, byte bound and due predicate as CLAIM_DUE_JOBS:
+# never early. Used only without a static partition, so there is no partition predicate.
 CLAIM_DUE_JOBS_IN_LANE: Final[LiteralString] = """
-SELECT id, topic, payload::text, qos, retain,
-       CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
-            ELSE 0 END AS due_in,
-       xmin::text AS version
-FROM jobs
-WHERE NOT processed AND failed_at IS NULL
-  AND fire_at <= now() + make_interval(secs => %(lookahead)s)
-  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-  AND id %% 16 = %(lane)s::bigint
-ORDER BY fire_at, id
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED
+SELECT id, topic,
+       CASE WHEN refusal IS NULL AND running - size < %(batch_max_bytes)s::bigint
+            THEN payload::text END AS payload,
+       qos, retain, due_in, version, refusal,
+       refusal IS NULL AND running - size >= %(batch_max_bytes)s::bigint AS held
+FROM (
+    SELECT claimed.*,
+           sum(CASE WHEN refusal IS NULL THEN size ELSE 0 END)
+               OVER (ROWS UNBOUNDED PRECEDING) AS running
+    FROM (
+        SELECT id, topic, payload, qos, retain, fire_at,
+               CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
+                    ELSE 0 END AS due_in,
+               xmin::text AS version,
+               octet_length(topic) + octet_length(payload) AS size,
+               CASE WHEN topic IS NULL THEN 'topic is NULL'
+                    WHEN payload IS NULL THEN 'payload is NULL'
+                    WHEN octet_length(payload) > %(max_payload_bytes)s::bigint
+                    THEN 'payload is ' || octet_length(payload)::text
+                         || ' bytes, over JOBPUB_MAX_PAYLOAD_BYTES ('
+                         || %(max_payload_bytes)s::bigint::text || ')'
+               END AS refusal
+        FROM jobs
+        WHERE NOT processed AND failed_at IS NULL
+          AND fire_at <= now() + make_interval(secs => %(lookahead)s)
+          AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+          AND id %% 16 = %(lane)s::bigint
+        ORDER BY fire_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS claimed
+) AS budgeted
 """
 
 # Run first in every claim's transaction. A claim wants one plan only: walk its partial
@@ -237,3 +288,7 @@ WHERE failed_at IS NOT NULL AND NOT processed
 RETURNING id
 """
 NOTIFY_REQUEUED: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
+
+# A batch held rows past its byte bound (CLAIM_DUE_JOBS): they are free once it commits,
+# and due. Sent in its transaction, so delivered at the commit: every replica claims.
+NOTIFY_HELD_ROWS: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
