@@ -8,6 +8,7 @@ from jobpub.mqtt import (
     ACCEPTED,
     PROTOCOL_V5,
     PROTOCOL_V311,
+    RECEIVE_MAXIMUM_PACKET_SIZE,
     Message,
     MqttConnection,
     PublishProperties,
@@ -39,10 +40,12 @@ def test_connect_v311_with_credentials() -> None:
     assert body.endswith(b"\x00\x04user\x00\x06secret")
 
 
-def test_connect_v5_has_an_empty_property_block() -> None:
+def test_connect_v5_announces_its_maximum_packet_size() -> None:
     packet = encode_connect(PROTOCOL_V5, "cid", 60, None, None)
-    # protocol name, level 5, clean start, keepalive 60, no properties, client id
-    assert packet == b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03cid"
+    # protocol name, level 5, clean start, keepalive 60, one property (Maximum Packet
+    # Size, 1 MiB: the receive buffer's bound), client id
+    assert packet == (b"\x10\x15\x00\x04MQTT\x05\x02\x00\x3c\x05\x27\x00\x10\x00\x00\x00\x03cid")
+    assert RECEIVE_MAXIMUM_PACKET_SIZE == 0x100000
 
 
 def test_decode_properties_reads_limits_and_skips_the_rest() -> None:

@@ -9,6 +9,7 @@ from jobpub.mqtt.codec import (
     PROTOCOL_V5,
     PROTOCOL_V311,
     REASON_NAMES,
+    RECEIVE_MAXIMUM_PACKET_SIZE,
     ConnAck,
     Message,
     PublishProperties,
@@ -25,6 +26,7 @@ from jobpub.mqtt.errors import (
     ConnectRefused,
     MqttError,
     ProtocolError,
+    ProtocolVersionRefused,
     Unsendable,
 )
 
@@ -34,6 +36,7 @@ __all__ = [
     "PROTOCOL_V5",
     "PROTOCOL_V311",
     "REASON_NAMES",
+    "RECEIVE_MAXIMUM_PACKET_SIZE",
     "AckTimeout",
     "Answer",
     "ConnAck",
@@ -43,6 +46,7 @@ __all__ = [
     "MqttConnection",
     "MqttError",
     "ProtocolError",
+    "ProtocolVersionRefused",
     "PublishProperties",
     "Result",
     "Unsendable",
