@@ -53,7 +53,7 @@ def start_amqtt_broker(log_path: Path) -> Iterator[AmqttBroker]:
 async def _serve(port: int) -> None:
     # Imported only in the broker's own process: pytest's warnings-as-errors would
     # otherwise judge amqtt's import-time deprecations.
-    from amqtt.broker import Broker  # noqa: PLC0415
+    from amqtt.broker import Broker  # type: ignore[import-untyped]  # noqa: PLC0415
 
     config = {
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},

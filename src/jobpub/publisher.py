@@ -31,6 +31,7 @@ from jobpub.mqtt import (
     Message,
     MqttConnection,
     MqttError,
+    NoConnAck,
     ProtocolVersionRefused,
     Result,
     Unsendable,
@@ -104,6 +105,12 @@ class MqttPublisher:
         self._version = PROTOCOL_V5 if config.protocol == "5" else PROTOCOL_V311
         if self._version == PROTOCOL_V311 and config.password is not None and not config.username:
             raise ValueError("MQTT 3.1.1 forbids a password without a user name")
+        # Why this process is trying MQTT 3.1.1 on a broker asked for MQTT 5, until a
+        # 3.1.1 connection confirms it (then logged once); and whether that reason was
+        # only a silence (no CONNACK), so a failed 3.1.1 attempt goes back to MQTT 5.
+        self._fallback_reason: str | None = None
+        self._fallback_tentative = False
+        self._fallback_impossible_logged = False
         self._tls = _tls_context(config) if config.tls else None
         self._metrics = metrics
         self._connection: MqttConnection | None = None
@@ -178,12 +185,13 @@ class MqttPublisher:
                     last_error = ""
                     connected_at = time.monotonic()
                     reason = await self._serve(connection, stop)
-            except ProtocolVersionRefused as exc:
-                if self._fall_back_to_mqtt_311(exc):
-                    continue  # at once: the broker is up, it only wants 3.1.1
+            except (ProtocolVersionRefused, NoConnAck) as exc:
+                if self._try_mqtt_311(exc):
+                    continue  # at once: the broker is up and may speak only 3.1.1
                 last_error = await self._wait_after_connect_failure(exc, backoff, last_error, stop)
                 continue
             except (MqttError, OSError) as exc:
+                self._end_tentative_fallback()
                 last_error = await self._wait_after_connect_failure(exc, backoff, last_error, stop)
                 continue
             if stop.is_set():
@@ -196,28 +204,47 @@ class MqttPublisher:
             self._log_loss(reason, delay)
             await wait_for_event(stop, delay)
 
-    def _fall_back_to_mqtt_311(self, refusal: ProtocolVersionRefused) -> bool:
-        """The broker speaks only MQTT 3.1.1: use it from now on, if the account can."""
+    def _try_mqtt_311(self, exc: ProtocolVersionRefused | NoConnAck) -> bool:
+        """After an MQTT 5 CONNECT was refused for its version (a 3.1.1-only broker's
+        return code 0x01) or went unanswered (amqtt misreads its properties and waits),
+        try MQTT 3.1.1 next. True: reconnect at once with 3.1.1."""
         config = self._config
         if self._version != PROTOCOL_V5:
+            self._end_tentative_fallback()
             return False
         if config.password is not None and not config.username:
             # MQTT 3.1.1 forbids a password without a user name: stay not ready, say why.
-            log.error(
-                "broker_protocol_unsupported", broker=config.broker, error=str(refusal),
-                fix="the broker speaks only MQTT 3.1.1: set JOBPUB_MQTT_USERNAME "
-                "and JOBPUB_MQTT_PROTOCOL=3.1.1",
-            )  # fmt: skip
+            if isinstance(exc, ProtocolVersionRefused) and not self._fallback_impossible_logged:
+                self._fallback_impossible_logged = True
+                log.error(
+                    "broker_protocol_unsupported", broker=config.broker, error=str(exc),
+                    fix="the broker speaks only MQTT 3.1.1: set JOBPUB_MQTT_USERNAME "
+                    "and JOBPUB_MQTT_PROTOCOL=3.1.1",
+                )  # fmt: skip
             return False
         self._version = PROTOCOL_V311
-        # Once per process: the version sticks for every later connection.
-        log.warning(
-            "broker_protocol_fallback", broker=config.broker, protocol="3.1.1",
-            error=str(refusal),
-            hint="the broker refused MQTT 5; set JOBPUB_MQTT_PROTOCOL=3.1.1 to skip the "
-            "attempt (3.1.1 carries no jobpub-job-id user property)",
-        )  # fmt: skip
+        self._fallback_reason = str(exc)
+        self._fallback_tentative = isinstance(exc, NoConnAck)
         return True
+
+    def _end_tentative_fallback(self) -> None:
+        """A 3.1.1 attempt made only because MQTT 5 went unanswered failed too: the
+        broker is slow or down, not 3.1.1-only; the next attempt is MQTT 5 again."""
+        if self._fallback_reason is not None and self._fallback_tentative:
+            self._version = PROTOCOL_V5
+            self._fallback_reason = None
+
+    def _confirm_fallback(self) -> None:
+        """Connected with MQTT 3.1.1 after MQTT 5 failed: it sticks for this process."""
+        if self._fallback_reason is None:
+            return
+        log.warning(
+            "broker_protocol_fallback", broker=self._config.broker, protocol="3.1.1",
+            error=self._fallback_reason,
+            hint="the broker does not take MQTT 5; set JOBPUB_MQTT_PROTOCOL=3.1.1 to skip "
+            "the attempt (3.1.1 carries no jobpub-job-id user property)",
+        )  # fmt: skip
+        self._fallback_reason = None
 
     async def _wait_after_connect_failure(
         self, exc: MqttError | OSError, backoff: Backoff, last_error: str, stop: asyncio.Event
@@ -274,6 +301,7 @@ class MqttPublisher:
 
     async def _serve(self, connection: MqttConnection, stop: asyncio.Event) -> MqttError | None:
         """Publish on `connection` until it ends or `stop`; why it ended (None: stop)."""
+        self._confirm_fallback()
         self._connection = connection
         self._connected.set()
         self._metrics.broker_up.set(1)

@@ -13,7 +13,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from jobpub import publisher as publisher_module
 from jobpub.metrics import Metrics
 from jobpub.models import PUBLISHED, Delivery, Job
 from jobpub.mqtt import (
@@ -120,6 +123,36 @@ async def test_a_password_without_user_name_cannot_fall_back_and_says_how_to_fix
     assert "JOBPUB_MQTT_PROTOCOL=3.1.1" in unsupported["fix"]
 
 
+async def test_a_broker_silent_to_mqtt5_is_tried_with_311_and_that_sticks(
+    info_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publisher_module, "CONNECT_TIMEOUT", 0.5)
+    silent_to_v5 = lambda connect: CONNACK_V311 if protocol_level(connect) == 4 else b""  # noqa: E731
+    async with (
+        scripted_broker(silent_to_v5) as broker,
+        running_publisher(broker) as publisher,
+    ):
+        assert await publisher.wait_connected(5)
+    assert [protocol_level(c) for c in broker.connects] == [5, 4]
+    [fallback] = events(info_logs, "broker_protocol_fallback")
+    assert "no CONNACK" in fallback["error"]
+
+
+async def test_a_broker_silent_to_both_versions_is_not_taken_for_311_only(
+    info_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publisher_module, "CONNECT_TIMEOUT", 0.3)
+    async with (
+        scripted_broker(b"") as broker,
+        running_publisher(broker) as publisher,
+    ):
+        await eventually(lambda: len(broker.connects) >= 4, 10, "four attempts")
+        assert not publisher.connected
+    # Silence is no proof of a 3.1.1-only broker: MQTT 5 again after each 3.1.1 try.
+    assert [protocol_level(c) for c in broker.connects[:4]] == [5, 4, 5, 4]
+    assert not events(info_logs, "broker_protocol_fallback")
+
+
 def test_mqtt_311_refuses_a_password_without_a_user_name() -> None:
     # [MQTT-3.1.2-22]: the broker would close every such connection.
     with pytest.raises(ValueError, match="password without a user name"):
@@ -207,7 +240,7 @@ async def test_a_malformed_packet_drops_the_connection_charges_nobody_and_is_log
         await broker.wait_for("both PUBLISH", lambda: len(broker.packets) == 2)
         await broker.send(garbage)
         outcomes = await asyncio.wait_for(pending, 5)
-        await eventually(lambda: events(info_logs, "broker_protocol_error"), 5, "the log")
+        await eventually(lambda: bool(events(info_logs, "broker_protocol_error")), 5, "the log")
     assert [o.delivery for o in outcomes] == [Delivery.NOT_SENT, Delivery.NOT_SENT]
     assert "protocol error" in outcomes[0].error
 
@@ -288,8 +321,43 @@ async def test_server_references_are_logged(info_logs: io.StringIO) -> None:
         scripted_broker(connack_v5(reference), after_connack=disconnect(0x9C, reference)) as broker,
         running_publisher(broker),
     ):
-        await eventually(lambda: events(info_logs, "broker_connection_lost"), 5, "the loss logged")
+        await eventually(
+            lambda: bool(events(info_logs, "broker_connection_lost")), 5, "the loss logged"
+        )
     assert events(info_logs, "broker_connected")[0]["server_reference"] == "other:1883"
     lost = events(info_logs, "broker_connection_lost")[0]
     assert lost["server_reference"] == "other:1883"
     assert lost["disconnect_reason"] == "0x9c"
+
+
+async def _feed_after_connack(garbage: bytes) -> None:
+    """A broker accepts, sees two messages (QoS 1 and 2), sends `garbage` and hangs up."""
+    loop = asyncio.get_running_loop()
+    escaped: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: escaped.append(context))
+    async with scripted_broker(CONNACK_V5) as broker, connection(broker) as conn:
+        pending = conn.publish([Message("t", b"x", 1), Message("t", b"x", 2)])
+        await broker.wait_for("both PUBLISH", lambda: len(broker.packets) == 2)
+        await broker.send(garbage)
+        await broker.hang_up()
+        ended = await asyncio.wait_for(asyncio.shield(conn.closed), 5)
+        answers = await asyncio.wait_for(pending, 5)
+    assert not escaped, escaped  # nothing escaped data_received into the event loop
+    assert isinstance(ended, ConnectionLost)
+    assert len(answers) == 2
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=12),
+            # Packets that look right (a known type, a short length) with random bodies.
+            st.tuples(st.sampled_from([0x20, 0x30, 0x32, 0x40, 0x50, 0x62, 0x70, 0xE0]),
+                      st.binary(max_size=10)).map(lambda t: bytes((t[0], len(t[1]))) + t[1]),
+        ),
+        max_size=6,
+    ).map(b"".join)
+)  # fmt: skip
+def test_random_bytes_from_the_broker_end_the_connection_without_escaping(garbage: bytes) -> None:
+    asyncio.run(_feed_after_connack(garbage))

@@ -55,6 +55,7 @@ from jobpub.mqtt.errors import (
     ConnectionLost,
     ConnectRefused,
     MqttError,
+    NoConnAck,
     ProtocolError,
     Unsendable,
 )
@@ -180,7 +181,14 @@ class _Wire(asyncio.Protocol):
                 end = body_start + length
                 if end > len(buffer):
                     break
-                self._handle(buffer[offset], view[body_start:end])
+                body = view[body_start:end]
+                try:
+                    self._handle(buffer[offset], body)
+                finally:
+                    # Released here, not when garbage-collected: a traceback kept by the
+                    # transport (a write that failed in _handle) would otherwise hold it,
+                    # and the buffer could not be resized below.
+                    body.release()
                 offset = end
         except ProtocolError as exc:
             view.release()
@@ -479,6 +487,7 @@ class MqttConnection:
 
     async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
+        connected = False
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, wire = await loop.create_connection(
@@ -496,12 +505,16 @@ class MqttConnection:
                         self._password,
                     )
                 )
+                connected = True
                 try:
                     await wire.connack
                 except BaseException:
                     wire.fail(ConnectionLost("connect failed"))
                     raise
         except TimeoutError as exc:
+            if connected:
+                message = f"no CONNACK within {self._connect_timeout:g}s of CONNECT"
+                raise NoConnAck(message) from exc
             message = f"not connected within {self._connect_timeout:g}s"
             raise ConnectionLost(message) from exc
         self._wire = wire

@@ -67,6 +67,14 @@ class AckTimeout(ConnectionLost):
     """A message went unanswered past its ack deadline, so the connection was dropped."""
 
 
+class NoConnAck(ConnectionLost):
+    """The broker took the TCP connection and CONNECT but never answered it in time.
+
+    Some 3.1.1-only brokers do this to an MQTT 5 CONNECT with properties: they read
+    the properties as 3.1.1 fields and wait for bytes that never come.
+    """
+
+
 class Unsendable(MqttError):
     """This message breaks the protocol or the broker's announced limits; it was not sent.
 
