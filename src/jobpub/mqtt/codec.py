@@ -325,8 +325,8 @@ def decode_connack(body: memoryview, version: int) -> ConnAck:
     if flags & 0xFE:
         raise ProtocolError(f"CONNACK flags 0x{flags:02x} set reserved bits")
     if flags & 0x01:
-        # Clean Start / Clean Session was asked for: a broker that says it resumed a
-        # session does not follow the protocol [MQTT-3.2.2-4]; the client must close.
+        # Clean Start / Clean Session was asked for, so no session can be present: MQTT 5
+        # (3.2.2.1.1) says a client that has no session state and reads 1 must close.
         raise ProtocolError("CONNACK says a session was present after a clean start")
     if version != PROTOCOL_V5:
         if len(body) != 2:

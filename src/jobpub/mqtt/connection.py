@@ -329,7 +329,9 @@ class _Wire(asyncio.Protocol):
     def _handle(self, header: int, body: memoryview) -> None:
         """One whole packet from the broker. ProtocolError: it breaks the protocol."""
         kind = header >> 4
-        if kind in (PUBACK, PUBREC, PUBCOMP):
+        if kind == 4:  # PUBACK, first: one per QoS 1 message (literal: no global lookup)
+            self._answer(4, body)
+        elif kind in (PUBREC, PUBCOMP):
             self._answer(kind, body)
         elif kind == PINGRESP:
             pass
