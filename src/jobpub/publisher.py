@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,12 @@ from jobpub.mqtt import (
     REASON_NAMES,
     Answer,
     ConnectionLost,
+    ConnectRefused,
     Message,
     MqttConnection,
     MqttError,
+    NoConnAck,
+    ProtocolVersionRefused,
     Result,
     Unsendable,
 )
@@ -39,6 +43,16 @@ log = structlog.get_logger("jobpub.publisher")
 CONNECT_TIMEOUT: Final = 10.0
 DISCONNECT_TIMEOUT: Final = 2.0
 JOB_ID_PROPERTY: Final = "jobpub-job-id"  # MQTT 5 user property: consumers de-duplicate by it
+# A connection that stayed up this long was healthy: the next loss starts the reconnect
+# backoff afresh. One that ends sooner (a broker that accepts, then drops: busy, quota,
+# an ACL) keeps backing off, so a flapping broker never sees a tight reconnect loop.
+STABLE_CONNECTION_S: Final = 10.0
+# MQTT 5 DISCONNECT reasons that name a packet this client sent: malformed packet,
+# protocol error, topic name invalid, packet too large, payload format invalid, retain
+# not supported, QoS not supported. Only these charge the oldest unanswered message;
+# any other (server shutting down, busy, quota, session taken over) charges none.
+_PACKET_DISCONNECT_REASONS: Final = frozenset({0x81, 0x82, 0x90, 0x95, 0x99, 0x9A, 0x9B})
+_PROTOCOL_NAMES: Final = {PROTOCOL_V5: "5", PROTOCOL_V311: "3.1.1"}
 
 # MQTT 5 reason codes on PUBACK/PUBREC that no retry can fix: the row goes dead.
 _PERMANENT_REFUSALS: Final = frozenset({0x87, 0x90, 0x99})
@@ -89,6 +103,14 @@ class MqttPublisher:
     def __init__(self, config: PublisherConfig, metrics: Metrics) -> None:
         self._config = config
         self._version = PROTOCOL_V5 if config.protocol == "5" else PROTOCOL_V311
+        if self._version == PROTOCOL_V311 and config.password is not None and not config.username:
+            raise ValueError("MQTT 3.1.1 forbids a password without a user name")
+        # Why this process is trying MQTT 3.1.1 on a broker asked for MQTT 5, until a
+        # 3.1.1 connection confirms it (then logged once); and whether that reason was
+        # only a silence (no CONNACK), so a failed 3.1.1 attempt goes back to MQTT 5.
+        self._fallback_reason: str | None = None
+        self._fallback_tentative = False
+        self._fallback_impossible_logged = False
         self._tls = _tls_context(config) if config.tls else None
         self._metrics = metrics
         self._connection: MqttConnection | None = None
@@ -149,7 +171,11 @@ class MqttPublisher:
         return future
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect and stay connected until `stop`; then disconnect."""
+        """Connect and stay connected until `stop`; then disconnect.
+
+        Every reconnect waits a jittered, growing delay unless the connection before it
+        lasted STABLE_CONNECTION_S: no broker sees a tight reconnect loop.
+        """
         backoff = Backoff(initial=0.2, maximum=RECONNECT_MAX_S)
         last_error = ""
         broker = self._config.broker
@@ -157,25 +183,104 @@ class MqttPublisher:
             try:
                 async with self._new_connection() as connection:
                     last_error = ""
-                    backoff.reset()
+                    connected_at = time.monotonic()
                     reason = await self._serve(connection, stop)
+            except (ProtocolVersionRefused, NoConnAck) as exc:
+                if self._try_mqtt_311(exc):
+                    continue  # at once: the broker is up and may speak only 3.1.1
+                last_error = await self._wait_after_connect_failure(exc, backoff, last_error, stop)
+                continue
             except (MqttError, OSError) as exc:
-                delay = backoff.next()
-                error = str(exc) or type(exc).__name__
-                # One line per distinct failure, not one per retry: a wrong password
-                # would otherwise fill the log every few seconds.
-                report = log.warning if error != last_error else log.debug
-                report(
-                    "broker_connect_failed", broker=broker, error=error, retry_in_s=round(delay, 2)
-                )
-                last_error = error
-                await wait_for_event(stop, delay)
+                self._end_tentative_fallback()
+                last_error = await self._wait_after_connect_failure(exc, backoff, last_error, stop)
                 continue
             if stop.is_set():
                 log.info("broker_disconnected", broker=broker)
                 return
+            if time.monotonic() - connected_at >= STABLE_CONNECTION_S:
+                backoff.reset()
+            delay = backoff.next()
             self._metrics.broker_disconnects.inc()
-            log.warning("broker_connection_lost", broker=broker, reason=reason)
+            self._log_loss(reason, delay)
+            await wait_for_event(stop, delay)
+
+    def _try_mqtt_311(self, exc: ProtocolVersionRefused | NoConnAck) -> bool:
+        """After an MQTT 5 CONNECT was refused for its version (a 3.1.1-only broker's
+        return code 0x01) or went unanswered (amqtt misreads its properties and waits),
+        try MQTT 3.1.1 next. True: reconnect at once with 3.1.1."""
+        config = self._config
+        if self._version != PROTOCOL_V5:
+            self._end_tentative_fallback()
+            return False
+        if config.password is not None and not config.username:
+            # MQTT 3.1.1 forbids a password without a user name: stay not ready, say why.
+            if isinstance(exc, ProtocolVersionRefused) and not self._fallback_impossible_logged:
+                self._fallback_impossible_logged = True
+                log.error(
+                    "broker_protocol_unsupported", broker=config.broker, error=str(exc),
+                    fix="the broker speaks only MQTT 3.1.1: set JOBPUB_MQTT_USERNAME "
+                    "and JOBPUB_MQTT_PROTOCOL=3.1.1",
+                )  # fmt: skip
+            return False
+        self._version = PROTOCOL_V311
+        self._fallback_reason = str(exc)
+        self._fallback_tentative = isinstance(exc, NoConnAck)
+        return True
+
+    def _end_tentative_fallback(self) -> None:
+        """A 3.1.1 attempt made only because MQTT 5 went unanswered failed too: the
+        broker is slow or down, not 3.1.1-only; the next attempt is MQTT 5 again."""
+        if self._fallback_reason is not None and self._fallback_tentative:
+            self._version = PROTOCOL_V5
+            self._fallback_reason = None
+
+    def _confirm_fallback(self) -> None:
+        """Connected with MQTT 3.1.1 after MQTT 5 failed: it sticks for this process."""
+        if self._fallback_reason is None:
+            return
+        log.warning(
+            "broker_protocol_fallback", broker=self._config.broker, protocol="3.1.1",
+            error=self._fallback_reason,
+            hint="the broker does not take MQTT 5; set JOBPUB_MQTT_PROTOCOL=3.1.1 to skip "
+            "the attempt (3.1.1 carries no jobpub-job-id user property)",
+        )  # fmt: skip
+        self._fallback_reason = None
+
+    async def _wait_after_connect_failure(
+        self, exc: MqttError | OSError, backoff: Backoff, last_error: str, stop: asyncio.Event
+    ) -> str:
+        """Log a failed connect and wait before the next; the error, to compare next time."""
+        delay = backoff.next()
+        error = str(exc) or type(exc).__name__
+        # One line per distinct failure, not one per retry: a wrong password
+        # would otherwise fill the log every few seconds.
+        report = log.warning if error != last_error else log.debug
+        server_reference = exc.server_reference if isinstance(exc, ConnectRefused) else None
+        report(
+            "broker_connect_failed", broker=self._config.broker, error=error,
+            retry_in_s=round(delay, 2),
+            **({"server_reference": server_reference} if server_reference else {}),
+        )  # fmt: skip
+        await wait_for_event(stop, delay)
+        return error
+
+    def _log_loss(self, reason: MqttError | None, delay: float) -> None:
+        broker, retry_in_s = self._config.broker, round(delay, 2)
+        if isinstance(reason, ConnectionLost) and reason.protocol_error:
+            log.error(
+                "broker_protocol_error", broker=broker, error=str(reason), retry_in_s=retry_in_s
+            )
+            return
+        extra: dict[str, object] = {}
+        if isinstance(reason, ConnectionLost):
+            if reason.disconnect_reason is not None:
+                extra["disconnect_reason"] = f"0x{reason.disconnect_reason:02x}"
+            if reason.server_reference:
+                extra["server_reference"] = reason.server_reference
+        log.warning(
+            "broker_connection_lost", broker=broker, reason=str(reason or "stopping"),
+            retry_in_s=retry_in_s, **extra,
+        )  # fmt: skip
 
     def _new_connection(self) -> MqttConnection:
         config = self._config
@@ -194,14 +299,17 @@ class MqttPublisher:
             close_timeout=DISCONNECT_TIMEOUT,
         )
 
-    async def _serve(self, connection: MqttConnection, stop: asyncio.Event) -> str:
-        """Publish on `connection` until it ends or `stop`; why it ended."""
+    async def _serve(self, connection: MqttConnection, stop: asyncio.Event) -> MqttError | None:
+        """Publish on `connection` until it ends or `stop`; why it ended (None: stop)."""
+        self._confirm_fallback()
         self._connection = connection
         self._connected.set()
         self._metrics.broker_up.set(1)
+        limits = connection.limits
         log.info(
             "broker_connected", broker=self._config.broker, client_id=self._config.client_id,
-            protocol=self._version, window=connection.limits.receive_maximum,
+            protocol=_PROTOCOL_NAMES[self._version], window=limits.receive_maximum,
+            **({"server_reference": limits.server_reference} if limits.server_reference else {}),
         )  # fmt: skip
         stopping = asyncio.create_task(stop.wait(), name="publisher-stop-watch")
         try:
@@ -211,7 +319,7 @@ class MqttPublisher:
             stopping.cancel()
             self._connected.clear()
             self._metrics.broker_up.set(0)
-        return str(connection.closed.result()) if connection.closed.done() else "stopping"
+        return connection.closed.result() if connection.closed.done() else None
 
 
 def _outcome(result: Result) -> Outcome:
@@ -244,9 +352,14 @@ def _charge_after_loss(lost: ConnectionLost) -> Outcome:
     PUBLISH): it is charged a failed attempt, so a row that kills every connection goes
     dead after the configured attempts. Everything else is released untouched. When the
     broker's last word was a refusal (Mosquitto refuses a `$SYS` publish, then hangs
-    up), that refusal explains the loss and nobody else is charged.
+    up), that refusal explains the loss and nobody else is charged. Nor is anybody when
+    the broker broke the protocol, or said in its DISCONNECT that the cause was not a
+    packet of ours (server shutting down, busy, quota exceeded, ...).
     """
-    if lost.oldest_unanswered and not lost.after_refusal:
+    blame_possible = not lost.protocol_error and (
+        lost.disconnect_reason is None or lost.disconnect_reason in _PACKET_DISCONNECT_REASONS
+    )
+    if blame_possible and lost.oldest_unanswered and not lost.after_refusal:
         return Outcome(
             Delivery.FAILED,
             "connection_lost",

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobpub.mqtt import (
     ACCEPTED,
     PROTOCOL_V5,
     PROTOCOL_V311,
+    RECEIVE_MAXIMUM_PACKET_SIZE,
+    ConnectRefused,
     Message,
     MqttConnection,
+    ProtocolError,
     PublishProperties,
     decode_properties,
     encode_connect,
@@ -17,6 +24,7 @@ from jobpub.mqtt import (
     encode_varint,
     topic_problem,
 )
+from jobpub.mqtt.codec import decode_connack, decode_disconnect, decode_publish_id
 from testbed.scripted_broker import scripted_broker
 
 
@@ -39,10 +47,12 @@ def test_connect_v311_with_credentials() -> None:
     assert body.endswith(b"\x00\x04user\x00\x06secret")
 
 
-def test_connect_v5_has_an_empty_property_block() -> None:
+def test_connect_v5_announces_its_maximum_packet_size() -> None:
     packet = encode_connect(PROTOCOL_V5, "cid", 60, None, None)
-    # protocol name, level 5, clean start, keepalive 60, no properties, client id
-    assert packet == b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03cid"
+    # protocol name, level 5, clean start, keepalive 60, one property (Maximum Packet
+    # Size, 1 MiB: the receive buffer's bound), client id
+    assert packet == (b"\x10\x15\x00\x04MQTT\x05\x02\x00\x3c\x05\x27\x00\x10\x00\x00\x00\x03cid")
+    assert RECEIVE_MAXIMUM_PACKET_SIZE == 0x100000
 
 
 def test_decode_properties_reads_limits_and_skips_the_rest() -> None:
@@ -133,3 +143,28 @@ def test_publish_properties_are_encoded_in_one_block_before_the_payload() -> Non
     assert consumed == len(tail) - 1
     assert head == b"\x30" + encode_varint(3 + len(tail)) + b"\x00\x01t"
     assert encode_publish(message, PROTOCOL_V311) == (b"\x30\x04\x00\x01t", b"p")
+
+
+# -- what a broker sends is never trusted: decoders raise only the package's errors ----
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64), st.sampled_from([PROTOCOL_V5, PROTOCOL_V311]))
+def test_decoding_random_bytes_raises_only_the_packages_errors(data: bytes, version: int) -> None:
+    view = memoryview(data)
+    for decode in (
+        lambda: decode_properties(view),
+        lambda: decode_connack(view, version),
+        lambda: decode_disconnect(view),
+        lambda: decode_publish_id(0x30 | (data[0] & 0x06 if data else 0), view),
+    ):
+        with contextlib.suppress(ProtocolError, ConnectRefused):
+            decode()
+
+
+@given(st.binary(min_size=1, max_size=40))
+def test_a_property_block_cut_short_is_a_protocol_error(block: bytes) -> None:
+    # A length that claims more than there is: never an IndexError, never a short read.
+    announced = encode_varint(len(block) + 1) + block
+    with pytest.raises(ProtocolError):
+        decode_properties(memoryview(announced))

@@ -7,15 +7,32 @@ import struct
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
-from jobpub.mqtt.errors import ProtocolError
+from jobpub.mqtt.errors import ConnectRefused, ProtocolError, ProtocolVersionRefused
 
 PROTOCOL_V311: Final = 4
 PROTOCOL_V5: Final = 5
 MAX_PACKET_SIZE: Final = 268_435_460  # 1 + 4 + 268,435,455: the largest MQTT packet
+# The largest packet this client takes from a broker, announced in an MQTT 5 CONNECT:
+# it reads only acks, CONNACK and DISCONNECT, so this bounds the receive buffer with
+# room to spare for reason strings and a stray PUBLISH.
+RECEIVE_MAXIMUM_PACKET_SIZE: Final = 1 << 20
 _CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 PINGREQ: Final = b"\xc0\x00"
 DISCONNECT: Final = b"\xe0\x00"
+# Packet types this client reads (the high nibble of the first byte).
+CONNACK: Final = 2
+PUBLISH: Final = 3
+PUBACK: Final = 4
+PUBREC: Final = 5
+PUBREL: Final = 6
+PUBCOMP: Final = 7
+PINGRESP: Final = 13
+DISCONNECT_TYPE: Final = 14
+PACKET_NAMES: Final = {
+    CONNACK: "CONNACK", PUBLISH: "PUBLISH", PUBACK: "PUBACK", PUBREC: "PUBREC",
+    PUBREL: "PUBREL", PUBCOMP: "PUBCOMP", PINGRESP: "PINGRESP", DISCONNECT_TYPE: "DISCONNECT",
+}  # fmt: skip
 
 # Names of the MQTT 5 reason codes a broker may put on PUBACK/PUBREC.
 REASON_NAMES: Final = {
@@ -60,6 +77,9 @@ _PROPERTY_KINDS: Final = {
     0x29: _BYTE, 0x2A: _BYTE,
 }  # fmt: skip
 REASON_STRING: Final = 0x1F
+SERVER_REFERENCE: Final = 0x1C
+_RECEIVE_MAXIMUM: Final = 0x21
+_MAXIMUM_PACKET_SIZE: Final = 0x27
 
 
 class PublishProperties(NamedTuple):
@@ -96,6 +116,7 @@ class ConnAck(NamedTuple):
     maximum_qos: int = 2
     retain_available: bool = True
     server_keepalive: int | None = None
+    server_reference: str | None = None  # another server the broker suggests, to log
 
 
 def encode_varint(value: int) -> bytes:
@@ -130,13 +151,29 @@ def encode_connect(
         payload += _string(password.encode())
     variable = _string(b"MQTT") + bytes([version, flags]) + struct.pack("!H", keepalive)
     if version == PROTOCOL_V5:
-        variable += b"\x00"  # no properties
+        # One property, Maximum Packet Size: the broker sends nothing larger, so what
+        # this client buffers is bounded (a larger packet is a protocol error).
+        variable += b"\x05" + bytes((_MAXIMUM_PACKET_SIZE,))
+        variable += struct.pack("!I", RECEIVE_MAXIMUM_PACKET_SIZE)
     body = variable + payload
     return b"\x10" + encode_varint(len(body)) + body
 
 
 def encode_pubrel(packet_id: int) -> bytes:
     return b"\x62\x02" + packet_id.to_bytes(2)
+
+
+def encode_pubrel_not_found(packet_id: int, version: int) -> bytes:
+    """PUBREL for a PUBREC whose packet id this client does not know: MQTT 5 says so
+    with reason 0x92 (packet identifier not found); MQTT 3.1.1 has no reason codes."""
+    if version == PROTOCOL_V5:
+        return b"\x62\x03" + packet_id.to_bytes(2) + b"\x92"
+    return encode_pubrel(packet_id)
+
+
+def encode_ack(kind: int, packet_id: int) -> bytes:
+    """PUBACK, PUBREC or PUBCOMP (success) for a packet the broker sent us."""
+    return bytes((kind << 4 | (0x02 if kind == PUBREL else 0), 2)) + packet_id.to_bytes(2)
 
 
 _USER_PROPERTY_KEYS: dict[str, bytes] = {}  # encoded keys: a publisher repeats a few
@@ -220,9 +257,20 @@ def topic_problem(topic: str) -> str | None:
 
 
 def decode_properties(data: memoryview) -> tuple[dict[int, object], int]:
-    """Read an MQTT 5 property block; return the properties and bytes consumed."""
+    """Read an MQTT 5 property block; return the properties and bytes consumed.
+
+    ProtocolError if the block is malformed or runs past the end of `data`."""
+    try:
+        return _decode_properties(data)
+    except IndexError:  # read_varint's "incomplete", or a value cut short
+        raise ProtocolError("property block runs past the end of its packet") from None
+
+
+def _decode_properties(data: memoryview) -> tuple[dict[int, object], int]:
     length, offset = read_varint(data, 0)
     end = offset + length
+    if end > len(data):
+        raise ProtocolError("property block longer than its packet")
     properties: dict[int, object] = {}
     while offset < end:
         identifier, offset = read_varint(data, offset)
@@ -252,24 +300,108 @@ def decode_properties(data: memoryview) -> tuple[dict[int, object], int]:
     return properties, end
 
 
-def decode_connack_limits(body: memoryview) -> ConnAck:
-    """The limits in an MQTT 5 CONNACK's properties (after its flags and reason code)."""
-    if len(body) <= 2:
+def decode_connack(body: memoryview, version: int) -> ConnAck:
+    """A CONNACK that accepts the connection: the limits the broker announced.
+
+    Only reason (return) code 0x00 accepts. ProtocolVersionRefused: the broker does not
+    speak `version` (a 3.1.1-only broker answers an MQTT 5 CONNECT with 0x01, in 3.1.1
+    form); ConnectRefused: any other refusal; ProtocolError: a CONNACK MQTT forbids.
+    """
+    if len(body) < 2:
+        raise ProtocolError("CONNACK shorter than 2 bytes")
+    flags, code = body[0], body[1]
+    if code == 0x01 or (code == 0x84 and version == PROTOCOL_V5):
+        raise ProtocolVersionRefused(code, "unsupported protocol version")
+    if code != 0:
+        if version == PROTOCOL_V5 and code >= 0x80:
+            properties = decode_properties(body[2:])[0] if len(body) > 2 else {}
+            raise ConnectRefused(
+                code,
+                CONNACK_V5_NAMES.get(code, f"reason 0x{code:02x}"),
+                server_reference=_text(properties.get(SERVER_REFERENCE)),
+            )
+        # Return codes 0x02-0x05 are MQTT 3.1.1's, whatever was asked for.
+        raise ConnectRefused(code, CONNACK_V311_NAMES.get(code, f"return code 0x{code:02x}"))
+    if flags & 0xFE:
+        raise ProtocolError(f"CONNACK flags 0x{flags:02x} set reserved bits")
+    if flags & 0x01:
+        # Clean Start / Clean Session was asked for, so no session can be present: MQTT 5
+        # (3.2.2.1.1) says a client that has no session state and reads 1 must close.
+        raise ProtocolError("CONNACK says a session was present after a clean start")
+    if version != PROTOCOL_V5:
+        if len(body) != 2:
+            raise ProtocolError("MQTT 3.1.1 CONNACK longer than 2 bytes")
         return ConnAck()
+    if len(body) == 2:
+        return ConnAck()  # no property block: tolerated as an empty one
     properties, _ = decode_properties(body[2:])
+    receive_maximum = properties.get(_RECEIVE_MAXIMUM, 65535)
+    maximum_packet_size = properties.get(_MAXIMUM_PACKET_SIZE, MAX_PACKET_SIZE)
+    if receive_maximum == 0:
+        raise ProtocolError("CONNACK Receive Maximum is 0")
+    if maximum_packet_size == 0:
+        raise ProtocolError("CONNACK Maximum Packet Size is 0")
+    maximum_qos = properties.get(0x24, 2)
+    if maximum_qos not in (0, 1, 2):
+        raise ProtocolError(f"CONNACK Maximum QoS is {maximum_qos}")
     return ConnAck(
-        receive_maximum=int(properties.get(0x21, 65535)),  # type: ignore[call-overload]
-        maximum_packet_size=int(properties.get(0x27, MAX_PACKET_SIZE)),  # type: ignore[call-overload]
-        maximum_qos=int(properties.get(0x24, 2)),  # type: ignore[call-overload]
+        receive_maximum=int(receive_maximum),  # type: ignore[call-overload]
+        maximum_packet_size=int(maximum_packet_size),  # type: ignore[call-overload]
+        maximum_qos=int(maximum_qos),
         retain_available=bool(properties.get(0x25, 1)),
         server_keepalive=properties.get(0x13),  # type: ignore[arg-type]
+        server_reference=_text(properties.get(SERVER_REFERENCE)),
     )
+
+
+class Disconnect(NamedTuple):
+    """A broker's DISCONNECT (MQTT 5): why, in its reason code and words."""
+
+    reason_code: int
+    reason_string: str
+    server_reference: str | None
+
+
+def decode_disconnect(body: memoryview) -> Disconnect:
+    """An MQTT 5 DISCONNECT from the broker; an empty body means reason 0x00."""
+    if not len(body):
+        return Disconnect(0x00, "", None)
+    properties = decode_properties(body[1:])[0] if len(body) > 1 else {}
+    return Disconnect(
+        body[0],
+        _text(properties.get(REASON_STRING)) or "",
+        _text(properties.get(SERVER_REFERENCE)),
+    )
+
+
+def decode_publish_id(header: int, body: memoryview) -> int | None:
+    """A broker's PUBLISH (a subscription this client never asked for): its packet id
+    if it needs an ack (QoS 1/2), or None (QoS 0). The message itself is dropped."""
+    qos = header >> 1 & 0x03
+    if qos == 3:
+        raise ProtocolError("PUBLISH with QoS 3")
+    if len(body) < 2:
+        raise ProtocolError("PUBLISH shorter than its topic length")
+    topic_end = 2 + int.from_bytes(body[0:2])
+    if not qos:
+        if topic_end > len(body):
+            raise ProtocolError("PUBLISH topic runs past the end of its packet")
+        return None
+    if topic_end + 2 > len(body):
+        raise ProtocolError("PUBLISH packet id runs past the end of its packet")
+    packet_id = int.from_bytes(body[topic_end : topic_end + 2])
+    if not packet_id:
+        raise ProtocolError("PUBLISH with packet id 0")
+    return packet_id
 
 
 def reason_string(properties_block: memoryview) -> str:
     """The Reason String in a property block, or "" if it has none."""
-    raw = decode_properties(properties_block)[0].get(REASON_STRING)
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else ""
+    return _text(decode_properties(properties_block)[0].get(REASON_STRING)) or ""
+
+
+def _text(raw: object) -> str | None:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else None
 
 
 def read_varint(data: memoryview | bytearray, offset: int) -> tuple[int, int]:

@@ -22,17 +22,30 @@ from types import TracebackType
 from typing import Final, NamedTuple, Self
 
 from jobpub.mqtt.codec import (
-    CONNACK_V5_NAMES,
-    CONNACK_V311_NAMES,
+    CONNACK,
     DISCONNECT,
+    DISCONNECT_TYPE,
+    PACKET_NAMES,
     PINGREQ,
+    PINGRESP,
     PROTOCOL_V5,
+    PROTOCOL_V311,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    RECEIVE_MAXIMUM_PACKET_SIZE,
     ConnAck,
     Message,
-    decode_connack_limits,
+    decode_connack,
+    decode_disconnect,
+    decode_publish_id,
+    encode_ack,
     encode_connect,
     encode_publish,
     encode_pubrel,
+    encode_pubrel_not_found,
     read_varint,
     reason_string,
     topic_problem,
@@ -42,6 +55,7 @@ from jobpub.mqtt.errors import (
     ConnectionLost,
     ConnectRefused,
     MqttError,
+    NoConnAck,
     ProtocolError,
     Unsendable,
 )
@@ -90,13 +104,15 @@ class _Batch:
 
 
 class _InFlight:
-    __slots__ = ("acknowledged", "batch", "index", "sent_at")
+    __slots__ = ("awaiting", "batch", "index", "sent_at")
 
-    def __init__(self, batch: _Batch, index: int, sent_at: float) -> None:
+    def __init__(self, batch: _Batch, index: int, sent_at: float, awaiting: int) -> None:
         self.batch = batch
         self.index = index
         self.sent_at = sent_at  # its ack deadline runs from here
-        self.acknowledged = False  # QoS 2: PUBREC came, PUBCOMP pending
+        # The packet type the broker owes next: PUBACK (QoS 1), PUBREC (QoS 2), then
+        # PUBCOMP once PUBREC came. Any other ack for this id breaks the protocol.
+        self.awaiting = awaiting
 
 
 class _Wire(asyncio.Protocol):
@@ -160,14 +176,23 @@ class _Wire(asyncio.Protocol):
                     length, body_start = read_varint(view, offset + 1)
                 except IndexError:
                     break
+                if length > RECEIVE_MAXIMUM_PACKET_SIZE:
+                    _refuse_oversized(length)
                 end = body_start + length
                 if end > len(buffer):
                     break
-                self._handle(buffer[offset], view[body_start:end])
+                body = view[body_start:end]
+                try:
+                    self._handle(buffer[offset], body)
+                finally:
+                    # Released here, not when garbage-collected: a traceback kept by the
+                    # transport (a write that failed in _handle) would otherwise hold it,
+                    # and the buffer could not be resized below.
+                    body.release()
                 offset = end
         except ProtocolError as exc:
             view.release()
-            self.fail(ConnectionLost(f"protocol error: {exc}"))
+            self.fail(ConnectionLost(f"protocol error: {exc}", protocol_error=True))
             return
         view.release()
         del buffer[:offset]
@@ -277,7 +302,8 @@ class _Wire(asyncio.Protocol):
                 written_qos0.append((batch, index))
                 continue
             packet_id = self._allocate_packet_id()
-            inflight[packet_id] = _InFlight(batch, index, now)
+            # QoS 1 (0x02): PUBACK is owed; QoS 2 (0x04): PUBREC.
+            inflight[packet_id] = _InFlight(batch, index, now, PUBACK + (head[0] >> 2 & 1))
             chunks += (head, packet_id.to_bytes(2), tail)
         transport.write(b"".join(chunks))
         if self._deadline is None and inflight:
@@ -301,69 +327,86 @@ class _Wire(asyncio.Protocol):
             self._deadline = self._loop.call_at(expires_at, self._check_deadline)
 
     def _handle(self, header: int, body: memoryview) -> None:
+        """One whole packet from the broker. ProtocolError: it breaks the protocol."""
         kind = header >> 4
-        if kind == 4:  # PUBACK
-            self._answer(body, final=True)
-        elif kind == 5:  # PUBREC
-            self._answer(body, final=False)
-        elif kind == 7:  # PUBCOMP
-            self._answer(body, final=True)
-        elif kind == 13:  # PINGRESP
+        if kind == 4:  # PUBACK, first: one per QoS 1 message (literal: no global lookup)
+            self._answer(4, body)
+        elif kind in (PUBREC, PUBCOMP):
+            self._answer(kind, body)
+        elif kind == PINGRESP:
             pass
-        elif kind == 2:  # CONNACK
+        elif kind == CONNACK:
             self._handle_connack(body)
-        elif kind == 14:  # DISCONNECT from the broker (MQTT 5)
-            code = body[0] if len(body) else 0
-            text = reason_string(body[1:]) if len(body) > 1 else "unspecified"
-            self._failure = self._failure or ConnectionLost(
-                f"broker disconnected: reason 0x{code:02x} {text}".strip()
-            )
-            if self._transport is not None:
-                self._transport.close()
+        elif kind == DISCONNECT_TYPE and self.version == PROTOCOL_V5:
+            self._handle_disconnect(body)
+        elif kind == PUBLISH:
+            # A message for us (a broker's auto-subscription, say): acknowledged, dropped.
+            packet_id = decode_publish_id(header, body)
+            if packet_id is not None:
+                self.send(encode_ack(PUBACK if header & 0x06 == 0x02 else PUBREC, packet_id))
+        elif kind == PUBREL:  # the second step of a QoS 2 message for us
+            if len(body) < 2:
+                raise ProtocolError("PUBREL shorter than a packet id")
+            self.send(encode_ack(PUBCOMP, int.from_bytes(body[0:2])))
         else:
             raise ProtocolError(f"unexpected packet type {kind}")
 
-    def _answer(self, body: memoryview, *, final: bool) -> None:
+    def _answer(self, kind: int, body: memoryview) -> None:
+        """PUBACK, PUBREC or PUBCOMP: the broker's answer to one of our messages."""
+        if len(body) < 2:
+            raise ProtocolError(f"{PACKET_NAMES[kind]} shorter than a packet id")
         packet_id = int.from_bytes(body[0:2])
         code = body[2] if len(body) > 2 else 0
         entry = self._inflight.get(packet_id)
         if entry is None:
-            return  # an ack for a message we already gave up on
+            if kind == PUBREC:
+                # The broker holds a QoS 2 message we do not: release its state.
+                self.send(encode_pubrel_not_found(packet_id, self.version))
+            return  # PUBACK/PUBCOMP: an ack for a message we already gave up on
+        if kind != entry.awaiting:
+            if kind == PUBREC and entry.awaiting == PUBCOMP:
+                self.send(encode_pubrel(packet_id))  # a repeated PUBREC: release again
+                return
+            raise ProtocolError(
+                f"{PACKET_NAMES[kind]} for packet {packet_id}, "
+                f"which awaits {PACKET_NAMES[entry.awaiting]}"
+            )
         self._refused_last = code >= 0x80
-        if code >= 0x80 or final:
-            del self._inflight[packet_id]
+        if code >= 0x80 or kind != PUBREC:
             if code == 0 and len(body) <= 3:
-                entry.batch.settle(entry.index, ACCEPTED)
-            else:
-                text = reason_string(body[3:]) if len(body) > 3 else ""
-                entry.batch.settle(entry.index, Answer(code, text))
+                answer = ACCEPTED
+            else:  # read before the entry goes: a malformed block leaves it in flight
+                answer = Answer(code, reason_string(body[3:]) if len(body) > 3 else "")
+            del self._inflight[packet_id]
+            entry.batch.settle(entry.index, answer)
             return
-        entry.acknowledged = True  # PUBREC: release with PUBREL, wait for PUBCOMP
+        entry.awaiting = PUBCOMP  # PUBREC: release with PUBREL, wait for PUBCOMP
         if self._transport is not None:
             self._transport.write(encode_pubrel(packet_id))
 
     def _handle_connack(self, body: memoryview) -> None:
-        code = body[1]
-        if self.version == PROTOCOL_V5:
-            if code >= 0x80:
-                self._refuse(code, CONNACK_V5_NAMES.get(code, f"reason 0x{code:02x}"))
-                return
-            limits = decode_connack_limits(body)
-        else:
-            if code != 0:
-                self._refuse(code, CONNACK_V311_NAMES.get(code, f"return code {code}"))
-                return
-            limits = ConnAck()
+        if self.connack.done():
+            raise ProtocolError("a second CONNACK")
+        try:
+            limits = decode_connack(body, self.version)
+        except ConnectRefused as refusal:
+            self._failure = self._failure or refusal
+            self.connack.set_exception(refusal)
+            if self._transport is not None:
+                self._transport.close()
+            return
         self.limits = limits
         self._window = max(1, min(self._inflight_limit, limits.receive_maximum))
-        if not self.connack.done():
-            self.connack.set_result(limits)
+        self.connack.set_result(limits)
 
-    def _refuse(self, code: int, reason: str) -> None:
-        refusal = ConnectRefused(code, reason)
-        if not self.connack.done():
-            self.connack.set_exception(refusal)
-        self._failure = self._failure or refusal
+    def _handle_disconnect(self, body: memoryview) -> None:
+        disconnect = decode_disconnect(body)
+        code = disconnect.reason_code
+        self._failure = self._failure or ConnectionLost(
+            f"broker disconnected: reason 0x{code:02x} {disconnect.reason_string}".strip(),
+            disconnect_reason=code,
+            server_reference=disconnect.server_reference,
+        )
         if self._transport is not None:
             self._transport.close()
 
@@ -375,24 +418,37 @@ class _Wire(asyncio.Protocol):
         malformed PUBLISH, so that one is the likeliest cause). Whom to charge is the
         publisher's decision.
         """
-        reason = str(failure)
-        kind = type(failure) if isinstance(failure, ConnectionLost) else ConnectionLost
+        lost = failure if isinstance(failure, ConnectionLost) else ConnectionLost(str(failure))
         after_refusal = self._refused_last
-        sent = kind(reason, sent=True, after_refusal=after_refusal)
-        suspect = next((p for p, e in self._inflight.items() if not e.acknowledged), None)
+
+        def answer(*, sent: bool, oldest_unanswered: bool = False) -> ConnectionLost:
+            return type(lost)(
+                lost.reason,
+                sent=sent,
+                oldest_unanswered=oldest_unanswered,
+                after_refusal=after_refusal,
+                disconnect_reason=lost.disconnect_reason,
+                protocol_error=lost.protocol_error,
+                server_reference=lost.server_reference,
+            )
+
+        sent = answer(sent=True)
+        suspect = next((p for p, e in self._inflight.items() if e.awaiting != PUBCOMP), None)
         for packet_id, entry in self._inflight.items():
-            if packet_id == suspect:
-                answer = kind(
-                    reason, sent=True, oldest_unanswered=True, after_refusal=after_refusal
-                )
-            else:
-                answer = sent
-            entry.batch.settle(entry.index, answer)
+            result = answer(sent=True, oldest_unanswered=True) if packet_id == suspect else sent
+            entry.batch.settle(entry.index, result)
         self._inflight.clear()
-        unsent = kind(reason, after_refusal=after_refusal)
+        unsent = answer(sent=False)
         while self._waiting:
             batch, index, _, _ = self._waiting.popleft()
             batch.settle(index, unsent)
+
+
+def _refuse_oversized(length: int) -> None:
+    # The receive buffer stays bounded: MQTT 5 brokers were told this limit in CONNECT.
+    raise ProtocolError(
+        f"packet of {length} bytes, over the {RECEIVE_MAXIMUM_PACKET_SIZE} this client accepts"
+    )
 
 
 class MqttConnection:
@@ -420,6 +476,9 @@ class MqttConnection:
         connect_timeout: float = 10.0,
         close_timeout: float = 2.0,
     ) -> None:
+        if protocol == PROTOCOL_V311 and password is not None and username is None:
+            # [MQTT-3.1.2-22]: a broker would drop every such CONNECT, forever.
+            raise ValueError("MQTT 3.1.1 forbids a password without a user name")
         self._host, self._port, self._tls = host, port, tls
         self._client_id, self._protocol = client_id, protocol
         self._username, self._password = username, password
@@ -430,6 +489,7 @@ class MqttConnection:
 
     async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
+        connected = False
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, wire = await loop.create_connection(
@@ -447,12 +507,16 @@ class MqttConnection:
                         self._password,
                     )
                 )
+                connected = True
                 try:
                     await wire.connack
                 except BaseException:
                     wire.fail(ConnectionLost("connect failed"))
                     raise
         except TimeoutError as exc:
+            if connected:
+                message = f"no CONNACK within {self._connect_timeout:g}s of CONNECT"
+                raise NoConnAck(message) from exc
             message = f"not connected within {self._connect_timeout:g}s"
             raise ConnectionLost(message) from exc
         self._wire = wire
