@@ -184,6 +184,16 @@ def test_each_check_catches_its_fault(rendered: list[Manifest], fault: str) -> N
     assert check(broken) != [], f"{fault}: not caught"
 
 
+def test_the_examples_are_valid_and_outside_the_base() -> None:
+    examples = sorted((manifests.PROJECT / "deploy" / "kubernetes" / "examples").glob("*.yaml"))
+    listed = yaml.safe_load((manifests.BASE / "kustomization.yaml").read_text())["resources"]
+    assert examples
+    assert not {example.name for example in examples} & set(listed)
+    for example in examples:
+        for manifest in yaml.safe_load_all(example.read_text()):
+            assert manifests.schema_problems(manifest) == [], example.name
+
+
 def test_the_example_secret_is_outside_the_base_and_marked() -> None:
     example = manifests.PROJECT / "deploy" / "kubernetes" / "examples" / "secret.example.yaml"
     assert "EXAMPLE ONLY" in example.read_text().splitlines()[0]
