@@ -1,4 +1,4 @@
-"""`python -m bench all|drain|on-time|idle|clients|chaos`: run, print a table, write results.
+"""`python -m bench all|drain|on-time|idle|clients|chaos|capacity`: run, print, write results.
 
 Results go to bench/results/<name>.json and .png (and a table on stdout). `all` runs
 everything but `chaos`, which restarts the machine's PostgreSQL.
@@ -17,16 +17,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import chaos, clients, scenarios
+from bench import capacity, chaos, clients, scenarios
 from bench.harness import ScenarioResult, bench_environment
 from bench.report import render_chaos_chart, render_chart, render_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0915 - one branch per command reads plainer than a dispatch table
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("what", choices=["all", "drain", "on-time", "idle", "clients", "chaos"])
+    parser.add_argument(
+        "what", choices=["all", "drain", "on-time", "idle", "clients", "chaos", "capacity"]
+    )
     parser.add_argument(
         "--jobs", type=int, default=None,
         help=f"rows per drain run (default 100,000) or chaos scenario (default {chaos.JOBS:,})",
@@ -91,6 +93,8 @@ def main() -> int:
             only = set(args.only.split(",")) if args.only else None
             stream = chaos.Stream(args.jobs or chaos.JOBS, args.spread)
             results.extend(chaos.all_scenarios(bench, only, stream))
+        if args.what == "capacity":
+            results.extend(capacity.measure(bench, args.database, repeat=args.repeat))
 
     name = args.name or args.what
     RESULTS.mkdir(exist_ok=True)
@@ -106,7 +110,8 @@ def main() -> int:
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     table = render_table(results)
     (RESULTS / f"{name}.md").write_text(_run_page(name, report, table))
-    (render_chaos_chart if args.what == "chaos" else render_chart)(results, RESULTS / f"{name}.png")
+    charts = {"chaos": render_chaos_chart, "capacity": capacity.render_chart}
+    charts.get(args.what, render_chart)(results, RESULTS / f"{name}.png")
     print(table)
     print(f"\nwritten: bench/results/{name}.json, .md, .png")
     if args.what == "chaos":
