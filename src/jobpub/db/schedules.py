@@ -206,10 +206,12 @@ class NewSchedule:
 
 async def list_schedules(url: str) -> list[ScheduleSummary]:
     with database_errors("listing schedules"):
-        async with await connect(url) as conn:
-            async with conn.cursor(row_factory=class_row(ScheduleSummary)) as cursor:
-                await cursor.execute(LIST_SCHEDULES)
-                return await cursor.fetchall()
+        async with (
+            await connect(url) as conn,
+            conn.cursor(row_factory=class_row(ScheduleSummary)) as cursor,
+        ):
+            await cursor.execute(LIST_SCHEDULES)
+            return await cursor.fetchall()
 
 
 async def add_schedule(url: str, schedule: NewSchedule) -> None:
