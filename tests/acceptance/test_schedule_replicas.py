@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,7 @@ def test_three_replicas_publish_each_occurrence_of_an_every_second_schedule_once
     occurrences = [occurrence for _, occurrence, _ in published]
     assert len(occurrences) >= 12
     # One row per second, none skipped between the first and the last.
-    assert [b - a for a, b in zip(occurrences, occurrences[1:], strict=False)] == [1.0] * (
-        len(occurrences) - 1
-    )
+    assert [b - a for a, b in itertools.pairwise(occurrences)] == [1.0] * (len(occurrences) - 1)
     arrivals = {m.job_id: m.arrived_at for m in subscriber.snapshot()}
     assert all(arrivals[job_id] >= occurrence for job_id, occurrence, _ in published), "early"
 
