@@ -171,3 +171,11 @@ def _zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise InvalidSchedule(f"unknown time zone {name!r}") from exc
+
+
+def check_cron(expression: str) -> None:
+    """Raise InvalidSchedule if cronsim cannot read `expression` (`jobpub schedule add`)."""
+    try:
+        CronSim(expression, datetime.now(UTC))
+    except CronSimError as exc:
+        raise InvalidSchedule(f"invalid cron expression {expression!r}: {exc}") from exc
