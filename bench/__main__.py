@@ -1,4 +1,4 @@
-"""`python -m bench all|drain|on-time|idle|clients|chaos`: run, print a table, write results.
+"""`python -m bench all|drain|on-time|idle|clients|chaos|schedules`: run, print, write results.
 
 Results go to bench/results/<name>.json and .png (and a table on stdout). `all` runs
 everything but `chaos`, which restarts the machine's PostgreSQL.
@@ -17,16 +17,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import chaos, clients, scenarios
+from bench import chaos, clients, scenarios, schedules
 from bench.harness import ScenarioResult, bench_environment
 from bench.report import render_chaos_chart, render_chart, render_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0915 - one flat dispatch over the scenarios
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("what", choices=["all", "drain", "on-time", "idle", "clients", "chaos"])
+    parser.add_argument(
+        "what", choices=["all", "drain", "on-time", "idle", "clients", "chaos", "schedules"]
+    )
     parser.add_argument(
         "--jobs", type=int, default=None,
         help=f"rows per drain run (default 100,000) or chaos scenario (default {chaos.JOBS:,})",
@@ -87,6 +89,9 @@ def main() -> int:
             results.append(scenarios.idle(bench, args.idle_seconds, probes=20))
         if args.what in ("all", "clients"):
             results.extend(clients.compare(bench.broker.port, 50_000, args.repeat))
+        if args.what == "schedules":  # --repeat runs, on the first --replicas count
+            results.extend(schedules.schedules(bench, args.jobs or 10_000, counts[0])
+                           for _ in range(args.repeat))  # fmt: skip
         if args.what == "chaos":
             only = set(args.only.split(",")) if args.only else None
             stream = chaos.Stream(args.jobs or chaos.JOBS, args.spread)

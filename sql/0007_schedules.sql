@@ -131,13 +131,15 @@ CREATE TRIGGER schedules_deleted
     BEFORE DELETE ON schedules
     FOR EACH ROW EXECUTE FUNCTION jobpub_schedules_changed();
 
--- Materialise occurrences of one schedule: one jobs row each, copying what to publish
--- from the schedule, so a row always matches the definition current in this
--- transaction. ON CONFLICT on the unique (schedule_name, occurrence_at) index
--- (version 8) makes an occurrence one row however many replicas race. SECURITY
--- DEFINER: jobpub_daemon may not INSERT into jobs (only this function may, for it).
+-- Materialise occurrences: one jobs row each (the i-th of `schedule_names`,
+-- `occurrences` and `fire_ats` together), copying what to publish from the schedule, so
+-- a row always matches the definition current in this transaction. One statement for a
+-- whole pass (one NOTIFY, one round trip). ON CONFLICT on the unique (schedule_name,
+-- occurrence_at) index (version 8) makes an occurrence one row however many replicas
+-- race. SECURITY DEFINER: jobpub_daemon may not INSERT into jobs; only this function
+-- may, for it, and only rows of existing schedules.
 CREATE OR REPLACE FUNCTION jobpub_materialise_occurrences(
-    schedule text, occurrences timestamptz[], fire_ats timestamptz[]
+    schedule_names text[], occurrences timestamptz[], fire_ats timestamptz[]
 ) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
@@ -147,14 +149,14 @@ BEGIN
                       occurrence_at)
     SELECT s.topic, s.payload, s.qos, s.retain, o.fire_at, o.fire_at + s.expire_after,
            s.name, o.occurrence_at
-    FROM schedules s, unnest(occurrences, fire_ats) AS o (occurrence_at, fire_at)
-    WHERE s.name = schedule
+    FROM unnest(schedule_names, occurrences, fire_ats) AS o (name, occurrence_at, fire_at)
+    JOIN schedules s ON s.name = o.name
     ON CONFLICT (schedule_name, occurrence_at) WHERE schedule_name IS NOT NULL DO NOTHING;
     GET DIAGNOSTICS inserted = ROW_COUNT;
     RETURN inserted;
 END
 $$;
-REVOKE ALL ON FUNCTION jobpub_materialise_occurrences(text, timestamptz[], timestamptz[])
+REVOKE ALL ON FUNCTION jobpub_materialise_occurrences(text[], timestamptz[], timestamptz[])
     FROM PUBLIC;
 
 DO $$
@@ -163,7 +165,7 @@ BEGIN
         GRANT SELECT, UPDATE (materialised_until, enabled, disabled_reason)
             ON schedules TO jobpub_daemon;
         GRANT EXECUTE
-            ON FUNCTION jobpub_materialise_occurrences(text, timestamptz[], timestamptz[])
+            ON FUNCTION jobpub_materialise_occurrences(text[], timestamptz[], timestamptz[])
             TO jobpub_daemon;
     END IF;
 END

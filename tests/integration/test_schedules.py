@@ -279,3 +279,21 @@ async def test_idle_materialiser_takes_no_schedule_until_half_the_horizon_is_use
         (after,), *_ = await rows(db, "SELECT materialised_until FROM schedules")
     assert before == after
     assert before > datetime.now(UTC) + HORIZON - timedelta(seconds=5)
+
+
+async def test_rows_the_database_refuses_disable_only_their_schedule(db_url: str, db: Conn) -> None:
+    # A jobs constraint the schedules table does not mirror (another feature's, say).
+    await db.execute("ALTER TABLE jobs ADD CONSTRAINT test_refuse CHECK (topic <> 'refused/topic')")
+    await db.execute(
+        "INSERT INTO schedules (name, topic, every) VALUES"
+        " ('a', 'fine/a', '1 s'), ('refused', 'refused/topic', '1 s'), ('z', 'fine/z', '1 s')"
+    )
+    async with materializer(db_url) as m:
+        await m.materialise_once()
+    assert len(await pending(db, "a")) >= 59
+    assert len(await pending(db, "z")) >= 59
+    ((enabled, reason),) = await rows(
+        db, "SELECT enabled, disabled_reason FROM schedules WHERE name = 'refused'"
+    )
+    assert not enabled
+    assert "test_refuse" in reason

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, LiteralString
 
+import structlog
 from psycopg.rows import class_row
 
 from jobpub.db.database import Connection, Database, connect, database_errors
 from jobpub.errors import DatabaseError
+
+log = structlog.get_logger("jobpub.db.schedules")
 
 # Schedules whose materialised occurrences end within `refill_within`: the oldest cursor
 # first, SKIP LOCKED so replicas passing at once take different schedules, and
@@ -35,17 +38,22 @@ FOR UPDATE OF schedules SKIP LOCKED
 # The transaction's clock: the materialiser plans against the same now() the claim uses.
 TRANSACTION_NOW: Final[LiteralString] = "SELECT now()"
 
-# One jobs row per occurrence through the SECURITY DEFINER function of version 7 (the
-# daemon role may not INSERT into jobs directly); ON CONFLICT inside it makes a race
-# between replicas, or a pass repeated after a lost commit, harmless.
+# The rows of a whole pass in one statement, through the SECURITY DEFINER function of
+# version 7 (the daemon role may not INSERT into jobs directly): the i-th occurrence
+# belongs to the i-th name. ON CONFLICT inside it makes a race between replicas, or a
+# pass repeated after a lost commit, harmless.
 MATERIALISE_OCCURRENCES: Final[LiteralString] = """
 SELECT jobpub_materialise_occurrences(
-    %(name)s, %(occurrences)s::timestamptz[], %(fire_ats)s::timestamptz[])
+    %(names)s::text[], %(occurrences)s::timestamptz[], %(fire_ats)s::timestamptz[])
 """
 
-# Move the cursor. Not a column the change trigger watches, so it keeps the rows.
-ADVANCE_SCHEDULE: Final[LiteralString] = """
-UPDATE schedules SET materialised_until = %(materialised_until)s WHERE name = %(name)s
+# Move the cursors of a pass in one statement. materialised_until is not a column the
+# change trigger watches, so the rows stay.
+ADVANCE_SCHEDULES: Final[LiteralString] = """
+UPDATE schedules s SET materialised_until = c.materialised_until
+FROM unnest(%(names)s::text[], %(materialised_until)s::timestamptz[])
+     AS c (name, materialised_until)
+WHERE s.name = c.name
 """
 
 # A schedule the materialiser cannot compute ends visibly disabled with the reason; the
@@ -84,6 +92,10 @@ UPDATE schedules SET enabled = %(enabled)s WHERE name = %(name)s
 """
 
 
+# One schedule's rows of a pass: name, occurrences, their fire_at, the new cursor.
+PlannedRows = tuple[str, Sequence[datetime], Sequence[datetime], datetime]
+
+
 @dataclass(frozen=True, slots=True)
 class ScheduleRecord:
     """A schedule as the materialiser reads it (jobpub.scheduling.ScheduleDefinition)."""
@@ -109,39 +121,54 @@ class LockedSchedules:
         self.now = now
         self.schedules = schedules
 
-    async def materialise(
-        self,
-        name: str,
-        occurrences: Sequence[datetime],
-        fire_ats: Sequence[datetime],
-        materialised_until: datetime,
-    ) -> int:
-        """Rows for the occurrences and the cursor moved, in a savepoint: a schedule whose
-        rows the database refuses is disabled with the reason, the others go on."""
+    async def materialise(self, planned: Sequence[PlannedRows]) -> int:
+        """Insert the planned rows and move the cursors; the count of rows inserted.
+
+        One savepoint for the pass; if the database refuses it, each schedule again in a
+        savepoint of its own, and one it refuses is disabled with the reason.
+        """
         try:
-            with database_errors(f"materialising schedule {name!r}"):
-                async with self._connection.transaction():
-                    inserted = 0
-                    if occurrences:
-                        cursor = await self._connection.execute(
-                            MATERIALISE_OCCURRENCES,
-                            {
-                                "name": name,
-                                "occurrences": list(occurrences),
-                                "fire_ats": list(fire_ats),
-                            },
-                        )
-                        row = await cursor.fetchone()
-                        inserted = int(row[0]) if row and row[0] is not None else 0
-                    await self._connection.execute(
-                        ADVANCE_SCHEDULE,
-                        {"name": name, "materialised_until": materialised_until},
-                    )
-        except DatabaseError as exc:
+            return await self._insert(planned)
+        except DatabaseError:
             if self._connection.closed or self._connection.broken:
                 raise
-            await self.disable(name, str(exc))
-            return 0
+        inserted = 0
+        for one in planned:
+            try:
+                inserted += await self._insert([one])
+            except DatabaseError as exc:
+                if self._connection.closed or self._connection.broken:
+                    raise
+                log.warning("schedule_disabled", schedule=one[0], reason=str(exc))
+                await self.disable(one[0], str(exc))
+        return inserted
+
+    async def _insert(self, planned: Sequence[PlannedRows]) -> int:
+        names = [name for name, each, _, _ in planned for _ in each]
+        occurrences = [o for _, each, _, _ in planned for o in each]
+        fire_ats = [f for _, _, each, _ in planned for f in each]
+        what = planned[0][0] if len(planned) == 1 else f"{len(planned)} schedules"
+        with database_errors(f"materialising {what}"):
+            async with self._connection.transaction():
+                inserted = 0
+                if names:
+                    cursor = await self._connection.execute(
+                        MATERIALISE_OCCURRENCES,
+                        {
+                            "names": names,
+                            "occurrences": occurrences,
+                            "fire_ats": fire_ats,
+                        },
+                    )
+                    row = await cursor.fetchone()
+                    inserted = int(row[0]) if row and row[0] is not None else 0
+                await self._connection.execute(
+                    ADVANCE_SCHEDULES,
+                    {
+                        "names": [name for name, _, _, _ in planned],
+                        "materialised_until": [until for _, _, _, until in planned],
+                    },
+                )
         return inserted
 
     async def disable(self, name: str, reason: str) -> None:

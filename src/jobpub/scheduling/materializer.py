@@ -36,13 +36,11 @@ class DueSchedules(Protocol):
     def schedules(self) -> Sequence[ScheduleDefinition]: ...
 
     async def materialise(
-        self,
-        name: str,
-        occurrences: Sequence[datetime],
-        fire_ats: Sequence[datetime],
-        materialised_until: datetime,
+        self, planned: Sequence[tuple[str, Sequence[datetime], Sequence[datetime], datetime]]
     ) -> int:
-        """Insert the rows, move the cursor; the count inserted. Raises DatabaseError."""
+        """Insert each schedule's (name, occurrences, fire_ats, new cursor) in one go;
+        the count of rows inserted. A schedule whose rows the database refuses is
+        disabled with the reason; raises DatabaseError when the database fails."""
 
     async def disable(self, name: str, reason: str) -> None: ...
 
@@ -85,22 +83,19 @@ class Materializer:
         """One pass; True if the batch was full (more schedules may be waiting)."""
         config = self._config
         async with self._store.lock_due(config.horizon, config.batch_size) as due:
-            rows = 0
+            planned = []
             for schedule in due.schedules:
-                rows += await self._materialise(due, schedule)
+                try:
+                    rows = plan(schedule, due.now, config.horizon, config.occurrences_per_pass)
+                except InvalidSchedule as exc:
+                    log.warning("schedule_disabled", schedule=schedule.name, reason=str(exc))
+                    await due.disable(schedule.name, str(exc))
+                    continue
+                planned.append(
+                    (schedule.name, rows.occurrences, rows.fire_ats, rows.materialised_until)
+                )
+            inserted = await due.materialise(planned) if planned else 0
             count = len(due.schedules)
-        if rows:
-            log.debug("schedules_materialised", schedules=count, rows=rows)
+        if inserted:
+            log.debug("schedules_materialised", schedules=count, rows=inserted)
         return count >= config.batch_size
-
-    async def _materialise(self, due: DueSchedules, schedule: ScheduleDefinition) -> int:
-        config = self._config
-        try:
-            planned = plan(schedule, due.now, config.horizon, config.occurrences_per_pass)
-        except InvalidSchedule as exc:
-            log.warning("schedule_disabled", schedule=schedule.name, reason=str(exc))
-            await due.disable(schedule.name, str(exc))
-            return 0
-        return await due.materialise(
-            schedule.name, planned.occurrences, planned.fire_ats, planned.materialised_until
-        )
