@@ -117,7 +117,18 @@ def test_catch_up_latest_all_none_after_downtime() -> None:
     assert len(everything.occurrences) == 7
     nothing = plan(replace(base, catch_up="none"), now, horizon, limit=100)
     assert nothing.occurrences == latest.occurrences[1:]
-    assert latest.materialised_until == now + horizon
+    # Nothing more until 00:08: the cursor waits just before it.
+    assert latest.materialised_until == down_since + timedelta(minutes=8, microseconds=-1)
+
+
+def test_a_daily_schedule_is_looked_at_again_only_near_its_next_occurrence() -> None:
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    nightly = Definition(cron="0 2 * * *", timezone="Europe/Berlin", materialised_until=now)
+    planned = plan(nightly, now, timedelta(seconds=60), limit=10)
+    assert planned.occurrences == []
+    assert planned.materialised_until == datetime(2026, 6, 2, 0, tzinfo=UTC) - timedelta(
+        microseconds=1
+    )
 
 
 def test_plan_stops_at_the_limit_and_resumes_from_the_cursor() -> None:

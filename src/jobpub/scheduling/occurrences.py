@@ -88,11 +88,18 @@ def plan(schedule: ScheduleDefinition, now: datetime, horizon: timedelta, limit:
     if after < now:
         chosen += _missed(schedule, after, now, limit)
         after = now
+    cursor = until
     for occurrence in occurrences_after(schedule, after):
-        if occurrence > until or len(chosen) >= limit:
+        if len(chosen) >= limit:
+            cursor = chosen[-1]  # the rest next pass
+            break
+        if occurrence > until:
+            # Nothing until this one: the cursor may jump to just before it, so a daily
+            # schedule is looked at once a day, not on every refill of the horizon.
+            if until != schedule.ends_at:
+                cursor = occurrence - timedelta(microseconds=1)
             break
         chosen.append(occurrence)
-    cursor = chosen[-1] if len(chosen) >= limit else until
     return Plan(chosen, [fire_at(schedule, o) for o in chosen], cursor)
 
 
