@@ -68,12 +68,18 @@ class Materializer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until `stop`; a failing pass is logged, never fatal."""
+        failing: str | None = None  # said once until a pass succeeds, not every pass
         while not stop.is_set():
             try:
                 full = await self.materialise_once()
             except DatabaseError as exc:
-                log.warning("schedules_materialise_failed", error=str(exc))
-                full = False
+                if str(exc) != failing:
+                    log.warning("schedules_materialise_failed", error=str(exc))
+                failing, full = str(exc), False
+            else:
+                if failing is not None:
+                    log.info("schedules_materialise_recovered")
+                failing = None
             if not full:
                 await wait_for_event(stop, self._config.interval)
             else:
