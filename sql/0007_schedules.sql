@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS schedules (
 CREATE INDEX IF NOT EXISTS schedules_materialise_idx
     ON schedules (materialised_until) WHERE enabled;
 
--- Refuse an unknown time zone at INSERT/UPDATE. A statement trigger over the new rows:
+-- Refuse an unknown time zone at INSERT. A statement trigger over the new rows:
 -- pg_timezone_names reads the zone files on every call, so one anti-join per statement
 -- (a bulk INSERT of 10,000 schedules included) instead of one scan per row.
 CREATE OR REPLACE FUNCTION jobpub_schedules_check_timezone() RETURNS trigger
@@ -80,11 +80,26 @@ CREATE TRIGGER schedules_timezone_inserted
     AFTER INSERT ON schedules
     REFERENCING NEW TABLE AS new_schedules
     FOR EACH STATEMENT EXECUTE FUNCTION jobpub_schedules_check_timezone();
+-- An UPDATE checks only a changed time zone (rare), row by row: a statement trigger
+-- would scan pg_timezone_names on each of the materialiser's cursor updates too.
+CREATE OR REPLACE FUNCTION jobpub_schedules_check_changed_timezone() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.timezone <> 'UTC'
+       AND NOT EXISTS (SELECT FROM pg_timezone_names z WHERE z.name = NEW.timezone) THEN
+        RAISE EXCEPTION 'schedules: unknown time zone "%"', NEW.timezone
+            USING ERRCODE = 'check_violation',
+                  HINT = 'use an IANA name from pg_timezone_names, such as Europe/Berlin';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 DROP TRIGGER IF EXISTS schedules_timezone_updated ON schedules;
 CREATE TRIGGER schedules_timezone_updated
-    AFTER UPDATE ON schedules
-    REFERENCING NEW TABLE AS new_schedules
-    FOR EACH STATEMENT EXECUTE FUNCTION jobpub_schedules_check_timezone();
+    AFTER UPDATE OF timezone ON schedules
+    FOR EACH ROW WHEN (OLD.timezone IS DISTINCT FROM NEW.timezone)
+    EXECUTE FUNCTION jobpub_schedules_check_changed_timezone();
 
 -- A change to what a schedule publishes or when, or a delete, takes effect for every
 -- occurrence whose time has not come: its pending rows go, and (on a change) the
