@@ -47,7 +47,7 @@ class DueSchedules(Protocol):
 
 class ScheduleStore(Protocol):
     def lock_due(self, horizon: timedelta, limit: int) -> AbstractAsyncContextManager[DueSchedules]:
-        """Lock up to `limit` schedules needing rows before now + horizon; commit on exit."""
+        """Lock up to `limit` schedules whose rows end within half the horizon; commit on exit."""
 
 
 @dataclass(frozen=True, slots=True)
