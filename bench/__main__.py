@@ -1,4 +1,4 @@
-"""`python -m bench all|drain|on-time|idle|clients|chaos|capacity`: run, print, write results.
+"""`python -m bench <what>`: run a benchmark, print its table, write its results.
 
 Results go to bench/results/<name>.json and .png (and a table on stdout). `all` runs
 everything but `chaos`, which restarts the machine's PostgreSQL.
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, chaos, clients, scenarios
+from bench import capacity, chaos, clients, scenarios, schedules
 from bench.harness import ScenarioResult, bench_environment
 from bench.report import render_chaos_chart, render_chart, render_table
 
@@ -27,7 +27,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> int:  # noqa: PLR0915 - one branch per command reads plainer than a dispatch table
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "what", choices=["all", "drain", "on-time", "idle", "clients", "chaos", "capacity"]
+        "what",
+        choices=["all", "drain", "on-time", "idle", "clients", "chaos", "capacity", "schedules"],
     )
     parser.add_argument(
         "--jobs", type=int, default=None,
@@ -89,6 +90,9 @@ def main() -> int:  # noqa: PLR0915 - one branch per command reads plainer than 
             results.append(scenarios.idle(bench, args.idle_seconds, probes=20))
         if args.what in ("all", "clients"):
             results.extend(clients.compare(bench.broker.port, 50_000, args.repeat))
+        if args.what == "schedules":  # --repeat runs, on the first --replicas count
+            results.extend(schedules.schedules(bench, args.jobs or 10_000, counts[0])
+                           for _ in range(args.repeat))  # fmt: skip
         if args.what == "chaos":
             only = set(args.only.split(",")) if args.only else None
             stream = chaos.Stream(args.jobs or chaos.JOBS, args.spread)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from datetime import timedelta
 
 import structlog
 
@@ -12,12 +13,14 @@ from jobpub.db.claim import ClaimConfig, Claimer
 from jobpub.db.complete import Completer, RetryPolicy
 from jobpub.db.database import Database, DatabaseConfig
 from jobpub.db.listen import Listener, sample_backlog
+from jobpub.db.schedules import ScheduleStore
 from jobpub.errors import DatabaseError
 from jobpub.health import DatabaseHealth, Heartbeat, stalled_after
 from jobpub.http import HttpServer, Response, Route
 from jobpub.metrics import CONTENT_TYPE, Metrics
 from jobpub.publisher import MqttPublisher, PublisherConfig
 from jobpub.relay import Relay, RelayConfig
+from jobpub.scheduling.materializer import Materializer, MaterializerConfig
 from jobpub.settings import Settings, redact_url
 from jobpub.waiting import wait_for_event
 
@@ -40,6 +43,7 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
     completer = Completer(database, _retry_policy(settings))
     listener = Listener(database)
     publisher = MqttPublisher(_publisher_config(settings), metrics)
+    materializer = Materializer(ScheduleStore(database), _materializer_config(settings))
     health, heartbeat = DatabaseHealth(), Heartbeat()  # the relay writes, /readyz, /healthz read
     relay = Relay(
         claimer,
@@ -91,6 +95,7 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
                 _sample_backlog(database, metrics, settings.backlog_interval, drained),
                 name="backlog-sampler",
             )
+            tasks.create_task(materializer.run(drained), name="schedule-materializer")
             relay_task = tasks.create_task(relay.run(stop), name="relay")
             relay_task.add_done_callback(lambda _: drained.set())
     finally:
@@ -178,6 +183,16 @@ async def _sample_backlog(
             metrics.jobs_scheduled.set(scheduled)
             metrics.dead_jobs.set(dead)
         await wait_for_event(stop, interval)
+
+
+def _materializer_config(settings: Settings) -> MaterializerConfig:
+    # A pass refills schedules whose rows end within half the horizon, so passes come
+    # well within that: a quarter of the horizon, at most every 5 s (idle: one indexed
+    # statement per pass).
+    return MaterializerConfig(
+        horizon=timedelta(seconds=settings.schedule_horizon),
+        interval=min(settings.schedule_horizon / 4, 5.0),
+    )
 
 
 def _publisher_config(settings: Settings) -> PublisherConfig:

@@ -1,4 +1,4 @@
-"""`jobpub migrate | run`: parse, build Settings once, map failures to exit codes."""
+"""`jobpub` and its commands: parse, build Settings once, map failures to exit codes."""
 
 from __future__ import annotations
 
@@ -6,13 +6,23 @@ import argparse
 import asyncio
 import sys
 import time
+from datetime import timedelta
 
 import structlog
 from pydantic import ValidationError
 
 from jobpub import __version__, app, logs, migrations
 from jobpub.db.admin import migrate, requeue
+from jobpub.db.schedules import (
+    NewSchedule,
+    add_schedule,
+    list_schedules,
+    remove_schedule,
+    set_schedule_enabled,
+)
 from jobpub.errors import DatabaseError, DatabaseUnavailable
+from jobpub.scheduling.durations import parse_duration
+from jobpub.scheduling.occurrences import InvalidSchedule, check_cron
 from jobpub.settings import Settings, SettingsFileError, describe_errors
 
 EXIT_OK = 0
@@ -44,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     requeue_parser.add_argument(
         "--all", action="store_true", help="every dead job (required when no ids are given)"
     )
+    _add_schedule_parser(commands)
     args = parser.parse_args(argv)
 
     try:
@@ -62,7 +73,102 @@ def main(argv: list[str] | None = None) -> int:
         if not args.ids and not args.all:
             parser.error("requeue: give job ids, or --all for every dead job")
         return asyncio.run(_requeue(settings, args.ids or None))
+    if args.command == "schedule":
+        return asyncio.run(_schedule(settings.database_url.get_secret_value(), args))
     return asyncio.run(app.run(settings))
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _cron(text: str) -> str:
+    try:
+        check_cron(text)
+    except InvalidSchedule as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def _add_schedule_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    schedule = commands.add_parser(
+        "schedule", help="recurring schedules (rows of the schedules table; docs/schedules.md)"
+    )
+    actions = schedule.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every schedule with its next pending occurrence")
+    add = actions.add_parser("add", help="add a schedule (the INSERT the README shows)")
+    add.add_argument("name")
+    add.add_argument("topic")
+    add.add_argument("payload")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--every", type=_duration, help="an interval: 30s, 5m, 1h, at least 1s")
+    when.add_argument("--cron", type=_cron, help="'0 2 * * *'; 6 fields: seconds first")
+    add.add_argument("--timezone", default="UTC", help="IANA name for --cron (default UTC)")
+    add.add_argument("--qos", type=int, choices=(0, 1, 2), default=1)
+    add.add_argument("--retain", action="store_true")
+    add.add_argument(
+        "--spread", type=_duration, default=timedelta(0), help="fire within this after each"
+    )
+    add.add_argument("--expire-after", type=_duration, help="an occurrence expires this late")
+    add.add_argument(
+        "--catch-up",
+        choices=("all", "latest", "none"),
+        default="latest",
+        help="occurrences missed while no replica ran (default latest)",
+    )
+    for action, purpose in (
+        ("remove", "delete a schedule and its occurrences not yet due"),
+        ("enable", "enable a schedule (from now on: no catch-up for the time it was off)"),
+        ("disable", "disable a schedule and drop its occurrences not yet due"),
+    ):
+        actions.add_parser(action, help=purpose).add_argument("name")
+
+
+async def _schedule(url: str, args: argparse.Namespace) -> int:
+    try:
+        if args.action == "list":
+            for item in await list_schedules(url):
+                when = f"every {item.every}" if item.every is not None else f"cron {item.cron!r}"
+                state = "enabled" if item.enabled else f"disabled ({item.disabled_reason or ''})"
+                upcoming = item.next_fire_at.isoformat() if item.next_fire_at else "-"
+                print(f"{item.name}\t{item.topic}\t{when} {item.timezone}\t{state}\t{upcoming}")
+            return EXIT_OK
+        if args.action == "add":
+            await add_schedule(
+                url,
+                NewSchedule(
+                    name=args.name,
+                    topic=args.topic,
+                    payload=args.payload,
+                    every=args.every,
+                    cron=args.cron,
+                    timezone=args.timezone,
+                    qos=args.qos,
+                    retain=args.retain,
+                    spread=args.spread,
+                    expire_after=args.expire_after,
+                    catch_up=args.catch_up,
+                ),
+            )
+            log.info("schedule_added", schedule=args.name)
+            return EXIT_OK
+        if args.action == "remove":
+            found = await remove_schedule(url, args.name)
+        else:
+            found = await set_schedule_enabled(url, args.name, enabled=args.action == "enable")
+    except DatabaseError as exc:
+        # A refused definition is the user's to fix: its reason on one line, no traceback.
+        print(f"jobpub: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    if not found:
+        print(f"jobpub: no schedule named {args.name!r}", file=sys.stderr)
+        return EXIT_FAILED
+    done = {"remove": "schedule_removed", "enable": "schedule_enabled"}
+    log.info(done.get(args.action, "schedule_disabled"), schedule=args.name)
+    return EXIT_OK
 
 
 async def _requeue(settings: Settings, ids: list[int] | None) -> int:

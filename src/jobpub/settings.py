@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     # outside them goes dead, so a producer cannot reach $SYS or another tenant's tree.
     topic_prefixes: str = ""
 
+    # Recurring schedules: each occurrence is materialised as a jobs row this long before
+    # it is due (visible and cancellable), by every replica's materialiser sharing the
+    # work. 60 s keeps an every-1-second schedule at about 60 pending rows.
+    schedule_horizon: Annotated[float, Field(ge=2, le=86400)] = 60.0
+
     # Connecting through PgBouncer in transaction mode (or another transaction pooler):
     # no prepared statements and no LISTEN; new rows are found by polling.
     transaction_pooling: bool = False

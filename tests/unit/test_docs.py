@@ -37,9 +37,12 @@ def _anchors(text: str) -> set[str]:
     return slugs
 
 
-def _settings_table_variables() -> set[str]:
-    """The JOBPUB_* names in the first column of the README's Settings table."""
-    section = README.read_text(encoding="utf-8").split("\n## Settings\n", 1)[1]
+OPERATIONS = ROOT / "docs" / "operations.md"
+
+
+def _settings_table_variables(page: Path = OPERATIONS, heading: str = "All settings") -> set[str]:
+    """The JOBPUB_* names in the first column of the settings table under `heading`."""
+    section = page.read_text(encoding="utf-8").split(f"\n## {heading}\n", 1)[1]
     section = section.split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("|")]
     return {name for row in rows for name in _SETTING.findall(row.split("|")[1])}
@@ -74,16 +77,29 @@ def test_every_relative_link_resolves(document: Path) -> None:
     assert not broken, f"{document.relative_to(ROOT)}: broken links: {broken}"
 
 
-def test_every_setting_is_in_the_readme_settings_table() -> None:
+def test_every_setting_is_in_the_operations_settings_table() -> None:
     prefix = Settings.model_config.get("env_prefix", "")
     assert prefix == "JOBPUB_"
     defined = {prefix + name.upper() for name in Settings.model_fields}
     missing = defined - _settings_table_variables()
-    assert not missing, f"settings missing from the README's Settings table: {sorted(missing)}"
+    assert not missing, f"settings missing from docs/operations.md's table: {sorted(missing)}"
 
 
-def test_the_readme_settings_table_names_no_setting_that_does_not_exist() -> None:
+@pytest.mark.parametrize(
+    ("page", "heading"), [(OPERATIONS, "All settings"), (README, "Settings")], ids=["all", "readme"]
+)
+def test_settings_tables_name_no_setting_that_does_not_exist(page: Path, heading: str) -> None:
     prefix = Settings.model_config.get("env_prefix", "")
     defined = {prefix + name.upper() for name in Settings.model_fields}
-    unknown = _settings_table_variables() - defined
-    assert not unknown, f"the README documents settings that do not exist: {sorted(unknown)}"
+    unknown = _settings_table_variables(page, heading) - defined
+    assert not unknown, f"{page.name} documents settings that do not exist: {sorted(unknown)}"
+
+
+def test_the_readme_rows_read_as_in_the_full_table() -> None:
+    """A setting the README shows is described as the full table describes it."""
+    full = {line for line in OPERATIONS.read_text(encoding="utf-8").splitlines()
+            if line.startswith("| `JOBPUB")}  # fmt: skip
+    readme = README.read_text(encoding="utf-8").split("\n## Settings\n", 1)[1]
+    rows = [line for line in readme.split("\n## ", 1)[0].splitlines() if line.startswith("| `")]
+    assert rows, "the README's Settings section has no table"
+    assert not [row for row in rows if row not in full]
