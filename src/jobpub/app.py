@@ -12,6 +12,7 @@ from jobpub.db.claim import ClaimConfig, Claimer
 from jobpub.db.complete import Completer, RetryPolicy
 from jobpub.db.database import Database, DatabaseConfig
 from jobpub.db.listen import Listener, sample_backlog
+from jobpub.db.retention import Pruner, RetentionConfig
 from jobpub.errors import DatabaseError
 from jobpub.health import DatabaseHealth, Heartbeat, stalled_after
 from jobpub.http import HttpServer, Response, Route
@@ -39,6 +40,7 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
     claimer = Claimer(database, _claim_config(settings), metrics)
     completer = Completer(database, _retry_policy(settings))
     listener = Listener(database)
+    pruner = Pruner(settings.database_url.get_secret_value(), _retention_config(settings), metrics)
     publisher = MqttPublisher(_publisher_config(settings), metrics)
     health, heartbeat = DatabaseHealth(), Heartbeat()  # the relay writes, /readyz, /healthz read
     relay = Relay(
@@ -91,6 +93,7 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
                 _sample_backlog(database, metrics, settings.backlog_interval, drained),
                 name="backlog-sampler",
             )
+            tasks.create_task(pruner.run(drained), name="retention-pruner")
             relay_task = tasks.create_task(relay.run(stop), name="relay")
             relay_task.add_done_callback(lambda _: drained.set())
     finally:
@@ -141,6 +144,14 @@ def _claim_config(settings: Settings) -> ClaimConfig:
         consumer_count=settings.consumer_count,
         consumer_index=settings.consumer_index,
         takeover_delay=settings.takeover_delay,
+    )
+
+
+def _retention_config(settings: Settings) -> RetentionConfig:
+    return RetentionConfig(
+        published=settings.retention,
+        dead=settings.dead_retention,
+        transaction_pooling=settings.transaction_pooling,
     )
 
 

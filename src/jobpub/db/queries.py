@@ -237,3 +237,23 @@ WHERE failed_at IS NOT NULL AND NOT processed
 RETURNING id
 """
 NOTIFY_REQUEUED: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
+
+# Retention (jobpub.db.retention). One batch per statement, each its own transaction
+# (autocommit), so the advisory lock lasts exactly one batch: two replicas never prune at
+# once, none waits for the other (a busy lock gives NULL, not a wait), and behind
+# PgBouncer's transaction pooling the lock ends where it began. The DELETE itself sits in
+# a SECURITY DEFINER function of sql/0006_retention.sql: the daemon's role may not DELETE.
+# The cutoff is judged by the database clock, as due is. `retention` is in seconds.
+PRUNE_PUBLISHED_BATCH: Final[LiteralString] = """
+SELECT CASE WHEN pg_try_advisory_xact_lock(7201203842)
+            THEN jobpub_prune_published(now() - make_interval(secs => %(retention)s),
+                                        %(batch_size)s::int)
+       END
+"""
+# The same for dead rows, under the same lock.
+PRUNE_DEAD_BATCH: Final[LiteralString] = """
+SELECT CASE WHEN pg_try_advisory_xact_lock(7201203842)
+            THEN jobpub_prune_dead(now() - make_interval(secs => %(retention)s),
+                                   %(batch_size)s::int)
+       END
+"""

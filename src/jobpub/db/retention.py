@@ -1,0 +1,125 @@
+"""Retention: delete finished rows once they are old enough, in bounded batches.
+
+Published rows go after `published` seconds, dead rows after `dead`; 0 keeps them. Every
+replica runs a Pruner, and an advisory lock taken per batch (queries.PRUNE_*_BATCH) lets
+one at a time delete: the others find it busy and try again at their next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import LiteralString
+
+import structlog
+
+from jobpub.db import queries
+from jobpub.db.database import Connection, connect, database_errors
+from jobpub.errors import DatabaseError
+from jobpub.metrics import Metrics
+from jobpub.waiting import wait_for_event
+
+log = structlog.get_logger("jobpub.db.retention")
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    published: float  # seconds a published row is kept (JOBPUB_RETENTION); 0: forever
+    dead: float  # seconds a dead row is kept (JOBPUB_DEAD_RETENTION); 0: forever
+    # Rows per DELETE: a few tens of milliseconds of work, so a batch holds its locks and
+    # its share of the server only briefly, and WAL comes in small pieces.
+    batch_size: int = 5000
+    # The least pause between batches. The pause is at least as long as the batch took,
+    # so pruning keeps at most half of one server process busy while a backlog of old
+    # rows goes, and claims keep the rest (bench retention).
+    batch_pause: float = 0.05
+    interval: float = 60.0  # seconds between rounds
+    transaction_pooling: bool = False  # behind PgBouncer: no prepared statements
+
+    @property
+    def enabled(self) -> bool:
+        return self.published > 0 or self.dead > 0
+
+
+@dataclass(frozen=True, slots=True)
+class PruneRound:
+    published: int  # rows deleted this round
+    dead: int
+    busy: bool  # another replica held the lock: this round stopped early
+
+
+class Pruner:
+    """Deletes old finished rows on a connection of its own, never the claims' pool."""
+
+    def __init__(self, url: str, config: RetentionConfig, metrics: Metrics) -> None:
+        self._url = url
+        self._config = config
+        self._metrics = metrics
+        self._last_error = ""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Prune a round, then again every `interval`, until `stop`; errors wait a round."""
+        if not self._config.enabled:
+            log.info("retention_off", reason="JOBPUB_RETENTION and JOBPUB_DEAD_RETENTION are 0")
+            return
+        while not stop.is_set():
+            try:
+                result = await self.prune(stop)
+            except DatabaseError as exc:
+                error = str(exc)
+                if error != self._last_error:  # once per distinct error, not per round
+                    log.warning("prune_failed", error=error)
+                    self._last_error = error
+            else:
+                self._last_error = ""
+                if result.published or result.dead:
+                    log.info(
+                        "pruned", published=result.published, dead=result.dead, busy=result.busy
+                    )
+            await wait_for_event(stop, self._config.interval)
+
+    async def prune(self, stop: asyncio.Event | None = None) -> PruneRound:
+        """One round: batches of published rows, then of dead ones, until a batch comes
+        back short, another replica holds the lock, or `stop` is set."""
+        stop = stop or asyncio.Event()
+        with database_errors("pruning old rows"):
+            async with await connect(self._url, autocommit=True) as connection:
+                if self._config.transaction_pooling:
+                    connection.prepare_threshold = None
+                published, busy = await self._prune_kind(
+                    connection, queries.PRUNE_PUBLISHED_BATCH, self._config.published, stop
+                )
+                self._metrics.pruned.labels(state="published").inc(published)
+                dead = 0
+                if not busy:
+                    dead, busy = await self._prune_kind(
+                        connection, queries.PRUNE_DEAD_BATCH, self._config.dead, stop
+                    )
+                    self._metrics.pruned.labels(state="dead").inc(dead)
+        return PruneRound(published=published, dead=dead, busy=busy)
+
+    async def _prune_kind(
+        self,
+        connection: Connection,
+        statement: LiteralString,
+        retention: float,
+        stop: asyncio.Event,
+    ) -> tuple[int, bool]:
+        """Rows deleted by `statement` in batches, and whether the lock was found busy."""
+        if retention <= 0:
+            return 0, False
+        params = {"retention": retention, "batch_size": self._config.batch_size}
+        deleted = 0
+        while True:
+            started = time.monotonic()
+            cursor = await connection.execute(statement, params)
+            row = await cursor.fetchone()
+            if row is None or row[0] is None:
+                return deleted, True
+            deleted += row[0]
+            if row[0] < self._config.batch_size:
+                return deleted, False
+            pause = max(self._config.batch_pause, time.monotonic() - started)
+            if await wait_for_event(stop, pause):
+                return deleted, False
