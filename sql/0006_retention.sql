@@ -20,18 +20,23 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_dead_failed_at_idx
 -- The daemon's role may not DELETE (version 2): it prunes through these functions, which
 -- delete only rows that are finished and older than the cutoff given, at most `batch_size`
 -- per call. SECURITY DEFINER runs them as the owner of `jobs`; the fixed search_path keeps
--- a caller's objects out of them. SKIP LOCKED: a row someone holds (an operator's
--- transaction, say) is left for the next round instead of waited for.
+-- a caller's objects out of them.
+-- Shape: the oldest rows' ctids from the index, then a TID scan; a SQL function is planned
+-- with its arguments unknown, and this shape keeps the index walk even so (5 ms for 5,000
+-- rows beside 1.4 million eligible, against 600 ms for `id IN (… FOR UPDATE SKIP LOCKED)`,
+-- measured, PG 15; the row lock also doubled the WAL). The predicate is repeated outside:
+-- a row changed meanwhile (a dead row requeued) is checked again and left alone.
 CREATE OR REPLACE FUNCTION jobpub_prune_published(published_before timestamptz, batch_size int)
 RETURNS bigint
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
     WITH pruned AS (
-        DELETE FROM jobs WHERE id IN (
-            SELECT id FROM jobs
-            WHERE processed AND processed_at < published_before
-            ORDER BY processed_at
-            LIMIT batch_size
-            FOR UPDATE SKIP LOCKED)
+        DELETE FROM jobs
+        WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM jobs
+                WHERE processed AND processed_at < published_before
+                ORDER BY processed_at
+                LIMIT batch_size))
+          AND processed AND processed_at < published_before
         RETURNING 1)
     SELECT count(*) FROM pruned
 $$;
@@ -40,12 +45,13 @@ CREATE OR REPLACE FUNCTION jobpub_prune_dead(dead_before timestamptz, batch_size
 RETURNS bigint
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
     WITH pruned AS (
-        DELETE FROM jobs WHERE id IN (
-            SELECT id FROM jobs
-            WHERE failed_at IS NOT NULL AND NOT processed AND failed_at < dead_before
-            ORDER BY failed_at
-            LIMIT batch_size
-            FOR UPDATE SKIP LOCKED)
+        DELETE FROM jobs
+        WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM jobs
+                WHERE failed_at IS NOT NULL AND NOT processed AND failed_at < dead_before
+                ORDER BY failed_at
+                LIMIT batch_size))
+          AND failed_at IS NOT NULL AND NOT processed AND failed_at < dead_before
         RETURNING 1)
     SELECT count(*) FROM pruned
 $$;

@@ -52,7 +52,9 @@ async def _left(db: Conn) -> dict[str, int]:
 
 
 def _config(published: float = 7 * DAY, dead: float = 30 * DAY, batch: int = 5) -> RetentionConfig:
-    return RetentionConfig(published=published, dead=dead, batch_size=batch, batch_pause=0.001)
+    # The year-old pending row is no backlog here: these tests are about what is pruned.
+    return RetentionConfig(published=published, dead=dead, batch_size=batch, batch_pause=0.001,
+                           backlog_grace=400 * DAY)  # fmt: skip
 
 
 def _pruned(metrics: Metrics, state: str) -> float:
@@ -87,6 +89,18 @@ async def test_zero_keeps_rows_forever(db_url: str, db: Conn) -> None:
     assert (await Pruner(db_url, _config(published=0), Metrics()).prune()).dead == 1
     assert "dead-31d" not in await _left(db)
     assert "published-1d" in await _left(db)
+
+
+async def test_pruning_waits_while_due_rows_wait(db_url: str, db: Conn) -> None:
+    await _insert_every_kind(db)
+    behind = RetentionConfig(published=7 * DAY, dead=30 * DAY, backlog_grace=1.0)
+    result = await Pruner(db_url, behind, Metrics()).prune()
+    assert (result.published, result.dead, result.deferred) == (0, 0, True)
+    # Published, the backlog is gone; rows waiting out a retry backoff are not one.
+    await db.execute("UPDATE jobs SET processed = true, processed_at = now()"
+                     " WHERE payload = 'pending-overdue-1y'")  # fmt: skip
+    result = await Pruner(db_url, behind, Metrics()).prune()
+    assert (result.published, result.dead, result.deferred) == (1, 1, False)
 
 
 async def test_a_replica_does_not_prune_while_another_holds_the_lock(db_url: str, db: Conn) -> None:

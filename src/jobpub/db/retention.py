@@ -2,7 +2,8 @@
 
 Published rows go after `published` seconds, dead rows after `dead`; 0 keeps them. Every
 replica runs a Pruner, and an advisory lock taken per batch (queries.PRUNE_*_BATCH) lets
-one at a time delete: the others find it busy and try again at their next round.
+one at a time delete: the others find it busy and try again at their next round. While
+due rows wait (a backlog), pruning waits too: it can always be done later.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import LiteralString
+from typing import Literal, LiteralString
 
 import structlog
 
@@ -35,6 +36,9 @@ class RetentionConfig:
     # rows goes, and claims keep the rest (bench retention).
     batch_pause: float = 0.05
     interval: float = 60.0  # seconds between rounds
+    # Due rows overdue by more than this mean a backlog: pruning waits for the next round.
+    backlog_grace: float = 1.0
+    backlog_retry: float = 5.0  # seconds until a round stopped by a backlog is tried again
     transaction_pooling: bool = False  # behind PgBouncer: no prepared statements
 
     @property
@@ -47,6 +51,7 @@ class PruneRound:
     published: int  # rows deleted this round
     dead: int
     busy: bool  # another replica held the lock: this round stopped early
+    deferred: bool = False  # due rows were waiting: this round stopped early
 
 
 class Pruner:
@@ -74,9 +79,13 @@ class Pruner:
             else:
                 self._last_error = ""
                 if result.published or result.dead:
-                    log.info(
-                        "pruned", published=result.published, dead=result.dead, busy=result.busy
+                    log.info("pruned", published=result.published, dead=result.dead,
+                             busy=result.busy, deferred=result.deferred)  # fmt: skip
+                if result.deferred:  # a backlog usually clears in seconds
+                    await wait_for_event(
+                        stop, min(self._config.backlog_retry, self._config.interval)
                     )
+                    continue
             await wait_for_event(stop, self._config.interval)
 
     async def prune(self, stop: asyncio.Event | None = None) -> PruneRound:
@@ -87,39 +96,51 @@ class Pruner:
             async with await connect(self._url, autocommit=True) as connection:
                 if self._config.transaction_pooling:
                     connection.prepare_threshold = None
-                published, busy = await self._prune_kind(
-                    connection, queries.PRUNE_PUBLISHED_BATCH, self._config.published, stop
+                published, stopped = await self._prune_kind(
+                    connection,
+                    queries.PRUNE_PUBLISHED_BATCH,
+                    self._config.published,
+                    "published",
+                    stop,
                 )
-                self._metrics.pruned.labels(state="published").inc(published)
                 dead = 0
-                if not busy:
-                    dead, busy = await self._prune_kind(
-                        connection, queries.PRUNE_DEAD_BATCH, self._config.dead, stop
+                if stopped is None:
+                    dead, stopped = await self._prune_kind(
+                        connection, queries.PRUNE_DEAD_BATCH, self._config.dead, "dead", stop
                     )
-                    self._metrics.pruned.labels(state="dead").inc(dead)
-        return PruneRound(published=published, dead=dead, busy=busy)
+        return PruneRound(published, dead, busy=stopped == "busy", deferred=stopped == "behind")
 
     async def _prune_kind(
         self,
         connection: Connection,
         statement: LiteralString,
         retention: float,
+        state: Literal["published", "dead"],
         stop: asyncio.Event,
-    ) -> tuple[int, bool]:
-        """Rows deleted by `statement` in batches, and whether the lock was found busy."""
+    ) -> tuple[int, Literal["busy", "behind"] | None]:
+        """Rows deleted by `statement` in batches, and why it stopped early, if it did:
+        another replica held the lock, or due rows were waiting."""
         if retention <= 0:
-            return 0, False
-        params = {"retention": retention, "batch_size": self._config.batch_size}
+            return 0, None
+        params = {
+            "retention": retention,
+            "batch_size": self._config.batch_size,
+            "grace": self._config.backlog_grace,
+        }
         deleted = 0
+        pruned = self._metrics.pruned.labels(state=state)
         while True:
             started = time.monotonic()
             cursor = await connection.execute(statement, params)
             row = await cursor.fetchone()
-            if row is None or row[0] is None:
-                return deleted, True
-            deleted += row[0]
-            if row[0] < self._config.batch_size:
-                return deleted, False
+            if row is None or row[0]:
+                return deleted, "behind"
+            if row[1] is None:
+                return deleted, "busy"
+            deleted += row[1]
+            pruned.inc(row[1])
+            if row[1] < self._config.batch_size:
+                return deleted, None
             pause = max(self._config.batch_pause, time.monotonic() - started)
             if await wait_for_event(stop, pause):
-                return deleted, False
+                return deleted, None
