@@ -17,7 +17,7 @@ import structlog
 
 from jobpub.db import queries
 from jobpub.db.database import Connection, connect, database_errors
-from jobpub.errors import DatabaseError
+from jobpub.errors import DatabaseError, DatabaseUnavailable, SchemaMissing
 from jobpub.metrics import Metrics
 from jobpub.waiting import wait_for_event
 
@@ -71,11 +71,12 @@ class Pruner:
         while not stop.is_set():
             try:
                 result = await self.prune(stop)
-            except DatabaseError as exc:
-                error = str(exc)
-                if error != self._last_error:  # once per distinct error, not per round
-                    log.warning("prune_failed", error=error)
-                    self._last_error = error
+            except SchemaMissing as exc:  # replicas upgraded before `jobpub migrate`
+                self._warn_once(str(exc))
+            except DatabaseUnavailable as exc:  # the claim loop reports the database gone
+                log.debug("prune_failed", error=str(exc))
+            except DatabaseError as exc:  # a privilege missing, say
+                self._warn_once(str(exc))
             else:
                 self._last_error = ""
                 if result.published or result.dead:
@@ -87,6 +88,11 @@ class Pruner:
                     )
                     continue
             await wait_for_event(stop, self._config.interval)
+
+    def _warn_once(self, error: str) -> None:
+        if error != self._last_error:  # once per distinct error, not per round
+            log.warning("prune_failed", error=error)
+            self._last_error = error
 
     async def prune(self, stop: asyncio.Event | None = None) -> PruneRound:
         """One round: batches of published rows, then of dead ones, until a batch comes
