@@ -121,3 +121,50 @@ def ceiling(bench: Bench, jobs: int) -> ScenarioResult:
     subscriber.wait_settled(jobs, timeout=60)
     delivery = check_delivery(dict.fromkeys(range(1, jobs + 1), now), subscriber.stop())
     return ScenarioResult("ceiling", 0, jobs, round(jobs / elapsed), delivery)
+
+
+def retention_drain(bench: Bench, jobs: int, old_rows: int, *, pruning: bool) -> ScenarioResult:
+    """`jobs` due rows drained by one replica beside `old_rows` published rows 8-30 days
+    old, which that replica prunes meanwhile (JOBPUB_RETENTION of 7 days) or keeps (0)."""
+    name = f"retention-{'pruning' if pruning else 'kept'}"
+    prefix = f"bench/{name}"
+    bench.reset()
+    with psycopg.connect(bench.db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, topic, payload, fire_at, processed, processed_at)"
+            " SELECT g, 'bench/old/' || g, '{\"n\":' || g || '}',"
+            " now() - interval '30 days' + g * (interval '22 days' / %(n)s), true,"
+            " now() - interval '30 days' + g * (interval '22 days' / %(n)s)"
+            " FROM generate_series(1, %(n)s) AS g",
+            {"n": old_rows},
+        )
+        conn.execute("VACUUM (ANALYZE) jobs")
+        conn.execute("CHECKPOINT")
+    subscriber = VerifyingSubscriber(bench.broker.port, prefix, bench.work)
+    retention = str(7 * 86400) if pruning else "0"
+    pruned_metric = 'jobpub_jobs_pruned_total{state="published"}'
+    with bench.replicas(1, retention=retention) as (replica,):
+        if pruning:  # the drain starts once pruning is under way
+            deadline = time.monotonic() + 30
+            while not replica.metric(pruned_metric) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        pruned_before = replica.metric(pruned_metric)
+        replica.mark()
+        fire_at = dict.fromkeys(range(old_rows + 1, old_rows + jobs + 1), time.time() - 1.0)
+        loaded = bench.load(prefix, fire_at)
+        bench.wait_drained(timeout=max(120.0, jobs / 500))
+        elapsed = bench.last_processed_at() - loaded
+        usage = [replica.usage()]
+        pruned = replica.metric(pruned_metric) - pruned_before
+    with psycopg.connect(bench.db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM jobs WHERE id <= %s", (old_rows,)).fetchone()
+        old_left = int(row[0]) if row else 0
+    subscriber.wait_settled(jobs, timeout=60)
+    delivery = check_delivery(fire_at, subscriber.stop())
+    notes = {
+        "old_rows": old_rows,
+        "pruned_during_drain": int(pruned),
+        "prune_rows_per_s": round(pruned / elapsed),
+        "old_rows_left_after": old_left,
+    }
+    return ScenarioResult(name, 1, jobs, round(jobs / elapsed), delivery, usage, notes)

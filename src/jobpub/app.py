@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from datetime import timedelta
 
 import structlog
@@ -13,6 +14,7 @@ from jobpub.db.claim import ClaimConfig, Claimer
 from jobpub.db.complete import Completer, RetryPolicy
 from jobpub.db.database import Database, DatabaseConfig
 from jobpub.db.listen import Listener, sample_backlog
+from jobpub.db.retention import Pruner, RetentionConfig
 from jobpub.db.schedules import ScheduleStore
 from jobpub.errors import DatabaseError
 from jobpub.health import DatabaseHealth, Heartbeat, stalled_after
@@ -25,6 +27,9 @@ from jobpub.settings import Settings, redact_url
 from jobpub.waiting import wait_for_event
 
 log = structlog.get_logger("jobpub.app")
+
+# The backlog sampler waits at least this many times as long as its last sample took.
+SAMPLE_DUTY_FACTOR = 20
 
 
 async def run(settings: Settings) -> int:
@@ -42,6 +47,7 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
     claimer = Claimer(database, _claim_config(settings), metrics)
     completer = Completer(database, _retry_policy(settings))
     listener = Listener(database)
+    pruner = Pruner(settings.database_url.get_secret_value(), _retention_config(settings), metrics)
     publisher = MqttPublisher(_publisher_config(settings), metrics)
     materializer = Materializer(ScheduleStore(database), _materializer_config(settings))
     health, heartbeat = DatabaseHealth(), Heartbeat()  # the relay writes, /readyz, /healthz read
@@ -96,6 +102,7 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
                 name="backlog-sampler",
             )
             tasks.create_task(materializer.run(drained), name="schedule-materializer")
+            tasks.create_task(pruner.run(drained), name="retention-pruner")
             relay_task = tasks.create_task(relay.run(stop), name="relay")
             relay_task.add_done_callback(lambda _: drained.set())
     finally:
@@ -151,6 +158,14 @@ def _claim_config(settings: Settings) -> ClaimConfig:
     )
 
 
+def _retention_config(settings: Settings) -> RetentionConfig:
+    return RetentionConfig(
+        published=settings.retention,
+        dead=settings.dead_retention,
+        transaction_pooling=settings.transaction_pooling,
+    )
+
+
 def _retry_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(
         max_attempts=settings.max_attempts,
@@ -174,6 +189,7 @@ async def _sample_backlog(
     database: Database, metrics: Metrics, interval: float, stop: asyncio.Event
 ) -> None:
     while not stop.is_set():
+        started = time.monotonic()
         try:
             due, scheduled, dead = await sample_backlog(database)
         except DatabaseError as exc:
@@ -182,7 +198,11 @@ async def _sample_backlog(
             metrics.jobs_due.set(due)
             metrics.jobs_scheduled.set(scheduled)
             metrics.dead_jobs.set(dead)
-        await wait_for_event(stop, interval)
+        # The count reads every pending row's index entry: 0.3 s (with parallel workers on
+        # both cores) at 1.1 million pending rows, measured. Millions scheduled ahead must
+        # not make it a standing load on the cores publishing needs: at most a twentieth.
+        taken = time.monotonic() - started
+        await wait_for_event(stop, max(interval, SAMPLE_DUTY_FACTOR * taken))
 
 
 def _materializer_config(settings: Settings) -> MaterializerConfig:

@@ -119,6 +119,12 @@ class Metrics:
         self.database_up = Gauge(
             "jobpub_database_up", "1 while the last database operation succeeded.", registry=r
         )
+        self.pruned = Counter(
+            "jobpub_jobs_pruned",
+            "Finished rows this replica deleted under retention, by state (published, dead).",
+            ["state"],
+            registry=r,
+        )
         self.broker_up = Gauge("jobpub_broker_up", "1 while connected to the broker.", registry=r)
         self.broker_disconnects = Counter(
             "jobpub_broker_disconnects", "Broker connections lost while running.", registry=r

@@ -199,6 +199,12 @@ class Settings(BaseSettings):
     # no prepared statements and no LISTEN; new rows are found by polling.
     transaction_pooling: bool = False
 
+    # Seconds a finished row is kept before a replica deletes it: published rows after
+    # `retention` (7 days), dead ones after `dead_retention` (30 days, time to requeue or
+    # look into them); 0 keeps them forever. Seconds, as every duration setting here.
+    retention: Annotated[float, Field(ge=0, le=100 * 365 * 86400)] = 7 * 86400.0
+    dead_retention: Annotated[float, Field(ge=0, le=100 * 365 * 86400)] = 30 * 86400.0
+
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

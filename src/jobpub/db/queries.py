@@ -292,3 +292,38 @@ NOTIFY_REQUEUED: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
 # A batch held rows past its byte bound (CLAIM_DUE_JOBS): they are free once it commits,
 # and due. Sent in its transaction, so delivered at the commit: every replica claims.
 NOTIFY_HELD_ROWS: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
+# Retention (jobpub.db.retention). One batch per statement, each its own transaction
+# (autocommit), so the advisory lock lasts exactly one batch: two replicas never prune at
+# once, none waits for the other (a busy lock gives NULL, not a wait), and behind
+# PgBouncer's transaction pooling the lock ends where it began. The DELETE itself sits in
+# a SECURITY DEFINER function of sql/0009_retention.sql: the daemon's role may not DELETE.
+# `behind`: due rows overdue by more than `grace` seconds (a backlog: the fleet is
+# behind) and the batch is not run; pruning is deferrable work, publishing is not (it
+# took a third off a drain on 2 cores, measured). The probe reads the head of
+# jobs_pending_fire_at_idx; rows waiting out a retry backoff are not a backlog.
+# The cutoff is judged by the database clock, as due is. `retention` is in seconds.
+PRUNE_PUBLISHED_BATCH: Final[LiteralString] = """
+SELECT behind,
+       CASE WHEN NOT behind AND pg_try_advisory_xact_lock(7201203842)
+            THEN jobpub_prune_published(now() - make_interval(secs => %(retention)s),
+                                        %(batch_size)s::int)
+       END
+FROM (SELECT EXISTS (
+          SELECT FROM jobs
+          WHERE NOT processed AND failed_at IS NULL
+            AND fire_at < now() - make_interval(secs => %(grace)s)
+            AND (next_attempt_at IS NULL OR next_attempt_at <= now())) AS behind) AS backlog
+"""
+# The same for dead rows, under the same lock and the same deference.
+PRUNE_DEAD_BATCH: Final[LiteralString] = """
+SELECT behind,
+       CASE WHEN NOT behind AND pg_try_advisory_xact_lock(7201203842)
+            THEN jobpub_prune_dead(now() - make_interval(secs => %(retention)s),
+                                   %(batch_size)s::int)
+       END
+FROM (SELECT EXISTS (
+          SELECT FROM jobs
+          WHERE NOT processed AND failed_at IS NULL
+            AND fire_at < now() - make_interval(secs => %(grace)s)
+            AND (next_attempt_at IS NULL OR next_attempt_at <= now())) AS behind) AS backlog
+"""
