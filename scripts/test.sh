@@ -8,7 +8,7 @@ source scripts/lib/services.sh
 PGURL="${JOBPUB_TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
 
 say "system packages"
-install_missing mosquitto mosquitto-clients postgresql docker-compose python3-venv pgbouncer
+install_missing mosquitto mosquitto-clients postgresql docker-compose python3-venv pgbouncer prometheus
 
 say "PostgreSQL"
 start_postgres "$PGURL"

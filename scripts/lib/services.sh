@@ -25,6 +25,7 @@ package_missing() {
         postgresql) ! command -v psql >/dev/null ;;
         pgbouncer) ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ] ;;
         python3-venv) ! python3 -c 'import ensurepip, venv' 2>/dev/null ;;
+        prometheus) ! command -v promtool >/dev/null ;;
         *) ! command -v "$1" >/dev/null ;;
     esac
 }
