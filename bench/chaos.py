@@ -170,7 +170,8 @@ def broker_refuses(proxy: _ThreadedProxy, seconds: float) -> Fault:
 
 def postgres_failover(pair: ReplicationPair, mode: Literal["fast", "immediate"],
                       notes: dict[str, Any]) -> Fault:  # fmt: skip
-    """Stop the primary, and once every replica has noticed, promote the standby.
+    """Stop the primary and promote the standby at once, as a failover manager does once
+    it has decided; recovery counts from the promotion.
 
     `fast` is a planned switchover (the primary streams all its WAL out before it exits);
     `immediate` a crash of the server, whose WAL not yet sent is lost with it. Before
@@ -185,26 +186,33 @@ def postgres_failover(pair: ReplicationPair, mode: Literal["fast", "immediate"],
         pending = bench.pending()
         pair.wait_replayed(timeout=30)
         pair.stop_primary(mode)
-        stopped = time.monotonic()
-        _wait_all_not_ready(fleet, READY_TIMEOUT)
-        notes["noticed_s"] = round(time.monotonic() - stopped, 2)
-        promoting = time.monotonic()
-        since = time.time()
+        # No claim succeeds from here until the promotion: one counted after it was
+        # made on the promoted standby.
+        claims = [_claims(replica) for replica in fleet.replicas]
+        promoting, since = time.monotonic(), time.time()
         pair.promote_standby()
         notes["promote_s"] = round(time.monotonic() - promoting, 2)
-        return [FaultEvent(pending, _recovery(bench, fleet, started=promoting, since=since))]
+        notes["ready_and_marking_s"] = _recovery(bench, fleet, started=promoting, since=since)
+        # A replica whose batches all wait to re-mark their rows claims nothing, so it
+        # may still answer ready: recovered means claiming again, each one of them.
+        _wait_claimed_again(fleet, claims, deadline=promoting + READY_TIMEOUT)
+        return [FaultEvent(pending, round(time.monotonic() - promoting, 2))]
 
     return fault
 
 
-def _wait_all_not_ready(fleet: Fleet, timeout: float) -> None:
-    """Until each replica has answered /readyz with anything but 200 at least once."""
-    deadline = time.monotonic() + timeout
-    waiting = set(fleet.replicas)
+def _claims(replica: ReplicaProcess) -> float:
+    """How many claims the replica has made (each one answered by the database)."""
+    return replica.metric("jobpub_claim_duration_seconds_count")
+
+
+def _wait_claimed_again(fleet: Fleet, before: list[float], deadline: float) -> None:
+    """Until each replica has made a claim since it had made `before[i]`."""
+    waiting = set(range(len(fleet.replicas)))
     while waiting:
-        waiting = {replica for replica in waiting if replica.ready()}
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(waiting)} replicas still ready after the primary stopped")
+        waiting = {i for i in waiting if _claims(fleet.replicas[i]) <= before[i]}
+        if waiting and time.monotonic() > deadline:
+            raise RuntimeError(f"{len(waiting)} replicas made no claim after the promotion")
         time.sleep(0.02)
 
 
