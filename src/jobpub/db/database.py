@@ -53,6 +53,9 @@ UNAVAILABLE = (
 _SCHEMA = (pg_errors.UndefinedTable, pg_errors.UndefinedColumn, pg_errors.UndefinedFunction)
 
 
+RECONNECT_GIVE_UP = 5.0  # seconds of the pool's backoff before a claim retries afresh
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     url: str  # libpq URL; holds the password: never logged
@@ -150,7 +153,11 @@ class Database:
             open=False,
             name="jobpub",
             timeout=POOL_TIMEOUT,
-            reconnect_timeout=float("inf"),  # keep trying for as long as we run
+            # psycopg_pool doubles its delay between reconnect attempts without a cap until
+            # this timeout: unbounded, a database back after T seconds was noticed up to T
+            # seconds later (bench chaos pg-failover-late). Given up after this, the next
+            # claim asks the pool to grow, which tries at once.
+            reconnect_timeout=RECONNECT_GIVE_UP,
             configure=self._configure_session,
         )
         self.transaction_pooling = config.transaction_pooling
