@@ -26,6 +26,7 @@ from jobpub.mqtt import (
     PROTOCOL_V5,
     PROTOCOL_V311,
     REASON_NAMES,
+    UTF8_PAYLOAD,
     Answer,
     ConnectionLost,
     ConnectRefused,
@@ -72,8 +73,6 @@ _NOT_ALLOWED: Final = Outcome(
 )
 # The row's reason is written by the statement that marks it (queries.MARK_EXPIRED).
 _EXPIRED: Final = Outcome(Delivery.EXPIRED, "expired", "expired before it was sent")
-# Text payloads say so (Payload Format Indicator 1: UTF-8); PostgreSQL text always is.
-_TEXT_PAYLOAD: Final = PublishProperties(payload_format_utf8=True)
 # Message Expiry Interval is a four-byte integer of seconds (about 136 years).
 MAX_EXPIRY_INTERVAL: Final = 0xFFFF_FFFF
 
@@ -161,9 +160,9 @@ class MqttPublisher:
             messages = [
                 Message(
                     job.topic, job.payload.encode(), job.qos, job.retain,
-                    ((JOB_ID_PROPERTY, str(job.id)),), _TEXT_PAYLOAD,
+                    ((JOB_ID_PROPERTY, str(job.id)),), UTF8_PAYLOAD,
                 )
-                if job.plain
+                if job.plain  # text payloads say so: PostgreSQL text is always UTF-8
                 else _message_v5(job, now)
                 for job in sendable
             ]  # fmt: skip
