@@ -17,11 +17,32 @@ class Job(NamedTuple):
 
     id: int
     topic: str
-    payload: str
+    payload: str  # '' when the payload is binary (payload_bytes)
     qos: int
     retain: bool
     due_in: float
     version: str = ""
+    payload_bytes: bytes | None = None  # published instead of `payload` when set
+    # MQTT 5 properties (dropped on a 3.1.1 connection).
+    content_type: str | None = None
+    user_properties: dict[str, str] | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    # When the job expires, on time.monotonic()'s clock (None: never). The claim returns
+    # seconds left on the database clock; the Claimer turns them into this deadline.
+    expires: float | None = None
+
+    @property
+    def plain(self) -> bool:
+        """A text payload, no properties and no expiry: the publish path's common case."""
+        return (
+            self.expires is None
+            and self.payload_bytes is None
+            and self.user_properties is None
+            and self.content_type is None
+            and self.response_topic is None
+            and self.correlation_data is None
+        )
 
 
 class Delivery(enum.Enum):
@@ -29,6 +50,7 @@ class Delivery(enum.Enum):
     REJECTED = "rejected"  # can never be published: the row goes dead at once
     FAILED = "failed"  # this attempt failed: retried with backoff, dead after max attempts
     NOT_SENT = "not_sent"  # never reached the broker, or its fate is unknown: released as is
+    EXPIRED = "expired"  # its expires_at passed before it was sent: ends expired, unsent
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +76,4 @@ class Settled:
     retrying: int
     released: int
     commit_lost: bool = False  # the connection died before the commit; marked anew
+    expired: int = 0  # ended expired: claimed after their expiry, or it passed while held

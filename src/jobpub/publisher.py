@@ -8,6 +8,7 @@ charged to. `MqttPublisher.run` keeps the connection up and reconnects with back
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from jobpub.mqtt import (
     PROTOCOL_V5,
     PROTOCOL_V311,
     REASON_NAMES,
+    UTF8_PAYLOAD,
     Answer,
     ConnectionLost,
     ConnectRefused,
@@ -33,6 +35,7 @@ from jobpub.mqtt import (
     MqttError,
     NoConnAck,
     ProtocolVersionRefused,
+    PublishProperties,
     Result,
     Unsendable,
 )
@@ -68,6 +71,10 @@ _NOT_CONNECTED: Final = Outcome(Delivery.NOT_SENT, "broker_down", "not connected
 _NOT_ALLOWED: Final = Outcome(
     Delivery.REJECTED, "topic_not_allowed", "topic is outside JOBPUB_TOPIC_PREFIXES"
 )
+# The row's reason is written by the statement that marks it (queries.MARK_EXPIRED).
+_EXPIRED: Final = Outcome(Delivery.EXPIRED, "expired", "expired before it was sent")
+# Message Expiry Interval is a four-byte integer of seconds (about 136 years).
+MAX_EXPIRY_INTERVAL: Final = 0xFFFF_FFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,34 +144,47 @@ class MqttPublisher:
             future.set_result([_NOT_CONNECTED] * len(jobs))
             return future
         prefixes = self._config.topic_prefixes
+        now = time.monotonic()
         sendable: Sequence[Job]
-        if prefixes:
-            allowed = [job.topic.startswith(prefixes) for job in jobs]
-            sendable = [job for job, ok in zip(jobs, allowed, strict=True) if ok]
+        # Outcomes decided here, without the broker (None: sent): a topic outside the
+        # prefixes, or an expiry that passed while the job was held for its fire_at.
+        kept: list[Outcome | None] | None = None
+        if prefixes or any(job.expires is not None for job in jobs):
+            kept = [_kept_back(job, prefixes, now) for job in jobs]
+            sendable = [job for job, why in zip(jobs, kept, strict=True) if why is None]
         else:
-            allowed, sendable = None, jobs
+            sendable = jobs
         # The hot path: one Message per job and nothing else (protocol checks are the
         # connection's; their answers come back as Unsendable).
         if self._version == PROTOCOL_V5:
             messages = [
                 Message(
                     job.topic, job.payload.encode(), job.qos, job.retain,
-                    ((JOB_ID_PROPERTY, str(job.id)),),
+                    ((JOB_ID_PROPERTY, str(job.id)),), UTF8_PAYLOAD,
                 )
+                if job.plain  # text payloads say so: PostgreSQL text is always UTF-8
+                else _message_v5(job, now)
                 for job in sendable
             ]  # fmt: skip
         else:
+            # MQTT 3.1.1 has no properties: only topic, payload, QoS and retain go out.
             messages = [
-                Message(job.topic, job.payload.encode(), job.qos, job.retain) for job in sendable
+                Message(
+                    job.topic,
+                    job.payload.encode() if job.payload_bytes is None else job.payload_bytes,
+                    job.qos,
+                    job.retain,
+                )
+                for job in sendable
             ]
 
         def judge(sent: asyncio.Future[list[Result]]) -> None:
             if future.done():  # the caller gave up on it (cancelled)
                 return
             outcomes = [PUBLISHED if r is ACCEPTED else _outcome(r) for r in sent.result()]
-            if allowed is not None:
+            if kept is not None:
                 sent_outcomes = iter(outcomes)
-                outcomes = [next(sent_outcomes) if ok else _NOT_ALLOWED for ok in allowed]
+                outcomes = [next(sent_outcomes) if why is None else why for why in kept]
             future.set_result(outcomes)
 
         connection.publish(messages).add_done_callback(judge)
@@ -320,6 +340,36 @@ class MqttPublisher:
             self._connected.clear()
             self._metrics.broker_up.set(0)
         return connection.closed.result() if connection.closed.done() else None
+
+
+def _kept_back(job: Job, prefixes: tuple[str, ...], now: float) -> Outcome | None:
+    """Why `job` is not sent at all, or None."""
+    if prefixes and not job.topic.startswith(prefixes):
+        return _NOT_ALLOWED
+    if job.expires is not None and job.expires <= now:
+        return _EXPIRED
+    return None
+
+
+def _message_v5(job: Job, now: float) -> Message:
+    """The MQTT 5 message of a job with a binary payload, properties or an expiry."""
+    user_properties = [(JOB_ID_PROPERTY, str(job.id))]
+    if job.user_properties:
+        user_properties.extend(job.user_properties.items())
+    expiry = None
+    if job.expires is not None:
+        # Whole seconds left, rounded up (the job is not sent at all with none left).
+        expiry = min(math.ceil(job.expires - now), MAX_EXPIRY_INTERVAL)
+    binary = job.payload_bytes is not None
+    properties = PublishProperties(
+        content_type=job.content_type,
+        response_topic=job.response_topic,
+        correlation_data=job.correlation_data,
+        payload_format_utf8=not binary,
+        message_expiry_interval=expiry,
+    )
+    payload = job.payload_bytes if job.payload_bytes is not None else job.payload.encode()
+    return Message(job.topic, payload, job.qos, job.retain, user_properties, properties)
 
 
 def _outcome(result: Result) -> Outcome:

@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import structlog
 
 from jobpub.db import queries
 from jobpub.db.database import Database, Transaction, database_errors
 from jobpub.metrics import Metrics
 from jobpub.models import Job
+
+log = structlog.get_logger("jobpub.db.claim")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +53,9 @@ class ClaimedBatch:
     """Claimed rows, locked by `transaction` until a Completer settles or releases them.
 
     `jobs` are to publish. `refused` are never published: the Completer marks them dead
-    whether the batch is settled or released. `held` rows are past the claim's byte bound:
-    locked but unread, free again when the transaction ends.
+    whether the batch is settled or released; `expired` likewise, marked expired. `held`
+    rows are past the claim's byte bound: locked but unread, free again when the
+    transaction ends.
     """
 
     jobs: list[Job]
@@ -60,6 +64,7 @@ class ClaimedBatch:
     transaction: Transaction
     refused: list[Refusal] = field(default_factory=list)
     held: int = 0
+    expired: list[int] = field(default_factory=list)  # ids claimed after their expiry
 
 
 class LanePicker:
@@ -90,6 +95,13 @@ class LanePicker:
         self._resting = queries.LANES
 
 
+# Pending rows past their expiry that no claim takes (paused, or expiring before their
+# fire_at) are expired by a sweep before a claim, at most this often, in batches of
+# EXPIRY_SWEEP_LIMIT: one index probe when there are none (queries.EXPIRE_OVERDUE).
+EXPIRY_SWEEP_INTERVAL = 1.0
+EXPIRY_SWEEP_LIMIT = 1000
+
+
 class Claimer:
     """Claims due rows, each batch in a transaction of its own on a pooled connection."""
 
@@ -98,6 +110,7 @@ class Claimer:
         self._config = config
         self._metrics = metrics
         self._lanes = LanePicker(enabled=config.consumer_count == 1)
+        self._next_sweep = 0.0  # time.monotonic() from which the next claim sweeps first
 
     async def claim(self) -> ClaimedBatch:
         """Claim due rows in a new transaction; a Completer settles or releases the batch."""
@@ -107,7 +120,13 @@ class Claimer:
             connection = await self._database.acquire()
             try:
                 async with connection.cursor() as cursor:
+                    if time.monotonic() >= self._next_sweep:
+                        await self._sweep_expired(cursor)
+                        await connection.commit()
                     lane = self._lanes.pick()
+                    # No later than the claim's now(): deadlines counted from here are
+                    # never later than the database's (an expiry interval never too long).
+                    origin = time.monotonic()
                     rows = await self._claim_rows(cursor, lane)
                     if lane is not None and len(rows) < limit:
                         # This lane is nearly drained: give its rows back and take the
@@ -117,7 +136,7 @@ class Claimer:
                         rows = await self._claim_rows(cursor, None)
                     self._lanes.backlog = len(rows) >= limit
                     claimed_at = time.monotonic()
-                    jobs, refused, held = _sort_claimed(rows)
+                    jobs, refused, held, expired = _sort_claimed(rows, origin)
                     next_wake_in: float | None = None
                     if held:
                         next_wake_in = 0.0  # due rows are waiting: claim again at once
@@ -136,11 +155,20 @@ class Claimer:
             transaction=Transaction(connection),
             refused=refused,
             held=held,
+            expired=expired,
         )
 
     async def check(self) -> None:
         """Return when the database answers; raise DatabaseUnavailable when it does not."""
         await self._database.check()
+
+    async def _sweep_expired(self, cursor: psycopg.AsyncCursor[Any]) -> None:
+        """Expire overdue pending rows, a bounded batch; again at once if it was full."""
+        await cursor.execute(queries.EXPIRE_OVERDUE, {"limit": EXPIRY_SWEEP_LIMIT})
+        if cursor.rowcount > 0:
+            log.info("jobs_expired", count=cursor.rowcount, by="sweep")
+        full = cursor.rowcount >= EXPIRY_SWEEP_LIMIT
+        self._next_sweep = time.monotonic() + (0.0 if full else EXPIRY_SWEEP_INTERVAL)
 
     async def _claim_rows(
         self, cursor: psycopg.AsyncCursor[Any], lane: int | None
@@ -155,20 +183,35 @@ class Claimer:
         return await cursor.fetchall()
 
 
-# Columns of the claim statements: the Job's fields, then `refusal` and `held`.
+# Columns of the claim statements: the Job's fields (`expires` as seconds left), then
+# `expired`, `refusal` and `held`.
 _JOB_COLUMNS = len(Job._fields)
+_EXPIRES = Job._fields.index("expires")
 
 
-def _sort_claimed(rows: list[tuple[Any, ...]]) -> tuple[list[Job], list[Refusal], int]:
-    """Jobs to publish, rows refused, and how many rows were held past the byte bound."""
-    if not any(row[-2] is not None or row[-1] for row in rows):  # the common case
-        return [Job._make(row[:_JOB_COLUMNS]) for row in rows], [], 0
-    jobs, refused, held = [], [], 0
+def _sort_claimed(
+    rows: list[tuple[Any, ...]], origin: float
+) -> tuple[list[Job], list[Refusal], int, list[int]]:
+    """Jobs to publish, rows refused, how many rows were held past the byte bound, and
+    the ids of rows claimed after their expiry. `origin`: time.monotonic() at the claim,
+    from which a job's seconds to expiry count."""
+    if not any(
+        row[-1] or row[-2] is not None or row[-3] or row[_EXPIRES] is not None for row in rows
+    ):  # the common case
+        return [Job._make(row[:_JOB_COLUMNS]) for row in rows], [], 0, []
+    jobs: list[Job] = []
+    refused: list[Refusal] = []
+    expired: list[int] = []
+    held = 0
     for row in rows:
         if row[-2] is not None:
             refused.append(Refusal(row[0], row[-2]))
+        elif row[-3]:
+            expired.append(row[0])
         elif row[-1]:
             held += 1
-        else:
+        elif row[_EXPIRES] is None:
             jobs.append(Job._make(row[:_JOB_COLUMNS]))
-    return jobs, refused, held
+        else:
+            jobs.append(Job._make((*row[:_EXPIRES], origin + row[_EXPIRES])))
+    return jobs, refused, held, expired

@@ -63,12 +63,14 @@ class _Sorted:
     retry_ids: list[int]
     retry_errors: list[str]
     released: int
+    expired: list[int]
 
 
 def _sort(batch: ClaimedBatch, outcomes: Sequence[Outcome]) -> _Sorted:
     sorted_ = _Sorted(
-        [], [r.id for r in batch.refused], [r.reason for r in batch.refused], [], [], 0
-    )
+        [], [r.id for r in batch.refused], [r.reason for r in batch.refused], [], [], 0,
+        list(batch.expired),
+    )  # fmt: skip
     for job, outcome in zip(batch.jobs, outcomes, strict=True):
         if outcome.delivery is Delivery.PUBLISHED:
             sorted_.published.append(job.id)
@@ -78,6 +80,8 @@ def _sort(batch: ClaimedBatch, outcomes: Sequence[Outcome]) -> _Sorted:
         elif outcome.delivery is Delivery.FAILED:
             sorted_.retry_ids.append(job.id)
             sorted_.retry_errors.append(outcome.error)
+        elif outcome.delivery is Delivery.EXPIRED:
+            sorted_.expired.append(job.id)
         else:
             sorted_.released += 1
     return sorted_
@@ -116,6 +120,8 @@ class Completer:
                             },
                         )
                         dead += sum(1 for (is_dead,) in await cursor.fetchall() if is_dead)
+                    if rows.expired:
+                        await cursor.execute(queries.MARK_EXPIRED, {"ids": rows.expired})
                     if batch.held:
                         await cursor.execute(queries.NOTIFY_HELD_ROWS)
                 await connection.commit()
@@ -130,6 +136,7 @@ class Completer:
                 dead=dead,
                 retrying=len(rows.retry_ids) - (dead - len(rows.dead_ids)),
                 released=rows.released + batch.held,
+                expired=len(rows.expired),
             )
         finally:
             await self._database.give_back(connection)
@@ -146,12 +153,12 @@ class Completer:
 
     async def release(self, batch: ClaimedBatch) -> None:
         """Give every row back untouched (roll back), except refused rows: they go dead,
-        since no later claim could publish them either."""
+        and expired rows end expired, since no later claim could publish them either."""
         if not batch.transaction.is_open:
             return
         connection = batch.transaction.take()
         try:
-            if batch.refused:
+            if batch.refused or batch.expired:
                 await self._mark_refused(connection, batch)
             else:
                 await connection.rollback()
@@ -164,20 +171,27 @@ class Completer:
         try:
             with database_errors("marking refused rows dead"):
                 async with connection.cursor() as cursor:
-                    await cursor.execute(
-                        queries.MARK_DEAD,
-                        {
-                            "ids": [r.id for r in batch.refused],
-                            "errors": [r.reason for r in batch.refused],
-                        },
-                    )
+                    if batch.refused:
+                        await cursor.execute(
+                            queries.MARK_DEAD,
+                            {
+                                "ids": [r.id for r in batch.refused],
+                                "errors": [r.reason for r in batch.refused],
+                            },
+                        )
+                    if batch.expired:
+                        await cursor.execute(queries.MARK_EXPIRED, {"ids": batch.expired})
                     if batch.held:
                         await cursor.execute(queries.NOTIFY_HELD_ROWS)
                 await connection.commit()
         except DatabaseError as exc:
             # A release never fails: the rows are claimed again and refused again.
             await connection.rollback()
-            log.warning("refused_rows_not_marked", count=len(batch.refused), error=str(exc))
+            log.warning(
+                "refused_rows_not_marked",
+                count=len(batch.refused) + len(batch.expired),
+                error=str(exc),
+            )
         else:
             _log_refused(batch)
 
@@ -212,3 +226,5 @@ class Completer:
 def _log_refused(batch: ClaimedBatch) -> None:
     if batch.refused:
         log.warning("rows_refused", count=len(batch.refused), first_error=batch.refused[0].reason)
+    if batch.expired:
+        log.info("jobs_expired", count=len(batch.expired), by="claim")

@@ -42,43 +42,71 @@ LANES: Final = 16
 # the next claim takes it. The running sum and the result keep the order the locking
 # subquery returns rows in (its index's): an ORDER BY above it would add a sort, since
 # the planner does not trust LockRows' output to stay ordered.
+# Expiry: `expires_in` is expires_at - now() in seconds (NULL: none; 0: passed), which
+# the Claimer turns into a deadline for the publisher (Message Expiry Interval). A row
+# whose expiry has passed is `expired`: returned unread like a refused row, not counted
+# in the bound, and marked expired (MARK_EXPIRED). A binary row's payload is
+# payload_bytes; the payload limit and the byte bound count whichever is published, and
+# the bound counts the MQTT 5 properties too; `send` says which rows come back read.
 # The oldest due rows of all. Rows outside this replica's static partition are taken
 # too once overdue by `takeover_delay`, so a dead partner's share still fires.
 CLAIM_DUE_JOBS: Final[LiteralString] = """
 SELECT id, topic,
-       CASE WHEN refusal IS NULL AND running - size < %(batch_max_bytes)s::bigint
-            THEN payload::text END AS payload,
-       qos, retain, due_in, version, refusal,
-       refusal IS NULL AND running - size >= %(batch_max_bytes)s::bigint AS held
+       CASE WHEN send THEN payload::text END AS payload,
+       qos, retain, due_in, version,
+       CASE WHEN send THEN payload_bytes END AS payload_bytes,
+       CASE WHEN send THEN content_type END AS content_type,
+       CASE WHEN send THEN user_properties END AS user_properties,
+       CASE WHEN send THEN response_topic END AS response_topic,
+       CASE WHEN send THEN correlation_data END AS correlation_data,
+       expires_in, expired, refusal,
+       refusal IS NULL AND NOT expired AND NOT send AS held
 FROM (
-    SELECT claimed.*,
-           sum(CASE WHEN refusal IS NULL THEN size ELSE 0 END)
-               OVER (ROWS UNBOUNDED PRECEDING) AS running
+    SELECT budgeted.*,
+           refusal IS NULL AND NOT expired
+               AND running - size < %(batch_max_bytes)s::bigint AS send
     FROM (
-        SELECT id, topic, payload, qos, retain, fire_at,
-               CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
-                    ELSE 0 END AS due_in,
-               xmin::text AS version,
-               octet_length(topic) + octet_length(payload) AS size,
-               CASE WHEN topic IS NULL THEN 'topic is NULL'
-                    WHEN payload IS NULL THEN 'payload is NULL'
-                    WHEN octet_length(payload) > %(max_payload_bytes)s::bigint
-                    THEN 'payload is ' || octet_length(payload)::text
-                         || ' bytes, over JOBPUB_MAX_PAYLOAD_BYTES ('
-                         || %(max_payload_bytes)s::bigint::text || ')'
-               END AS refusal
-        FROM jobs
-        WHERE NOT processed AND failed_at IS NULL
-          AND fire_at <= now() + make_interval(secs => %(lookahead)s)
-          AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-          AND (%(consumer_count)s::int = 1
+        SELECT claimed.*,
+               sum(CASE WHEN refusal IS NULL AND NOT expired THEN size ELSE 0 END)
+                   OVER (ROWS UNBOUNDED PRECEDING) AS running
+        FROM (
+            SELECT id, topic, payload, payload_bytes, qos, retain, fire_at, content_type,
+                   user_properties, response_topic, correlation_data,
+                   CASE WHEN isfinite(fire_at)
+                        THEN extract(epoch FROM fire_at - now())::float8 ELSE 0 END AS due_in,
+                   xmin::text AS version,
+                   CASE WHEN expires_at <= now() THEN 0
+                        WHEN isfinite(expires_at)
+                        THEN extract(epoch FROM expires_at - now())::float8 END AS expires_in,
+                   coalesce(expires_at <= now(), false) AS expired,
+                   octet_length(topic)
+                       + coalesce(octet_length(payload_bytes), octet_length(payload))
+                       + coalesce(octet_length(content_type), 0)
+                       + coalesce(pg_column_size(user_properties), 0)
+                       + coalesce(octet_length(response_topic), 0)
+                       + coalesce(octet_length(correlation_data), 0) AS size,
+                   CASE WHEN topic IS NULL THEN 'topic is NULL'
+                        WHEN payload IS NULL AND payload_bytes IS NULL THEN 'payload is NULL'
+                        WHEN coalesce(octet_length(payload_bytes), octet_length(payload))
+                             > %(max_payload_bytes)s::bigint
+                        THEN 'payload is '
+                             || coalesce(octet_length(payload_bytes), octet_length(payload))::text
+                             || ' bytes, over JOBPUB_MAX_PAYLOAD_BYTES ('
+                             || %(max_payload_bytes)s::bigint::text || ')'
+                   END AS refusal
+            FROM jobs
+            WHERE NOT processed AND failed_at IS NULL
+              AND fire_at <= now() + make_interval(secs => %(lookahead)s)
+              AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+              AND (%(consumer_count)s::int = 1
        OR id %% %(consumer_count)s::int = %(consumer_index)s::int
-               OR fire_at <= now() - make_interval(secs => %(takeover_delay)s))
-        ORDER BY fire_at, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS claimed
-) AS budgeted
+                   OR fire_at <= now() - make_interval(secs => %(takeover_delay)s))
+            ORDER BY fire_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS claimed
+    ) AS budgeted
+) AS judged
 """
 
 # Under a backlog, claims that all start at the head of jobs_pending_fire_at_idx step
@@ -92,37 +120,59 @@ FROM (
 # never early. Used only without a static partition, so there is no partition predicate.
 CLAIM_DUE_JOBS_IN_LANE: Final[LiteralString] = """
 SELECT id, topic,
-       CASE WHEN refusal IS NULL AND running - size < %(batch_max_bytes)s::bigint
-            THEN payload::text END AS payload,
-       qos, retain, due_in, version, refusal,
-       refusal IS NULL AND running - size >= %(batch_max_bytes)s::bigint AS held
+       CASE WHEN send THEN payload::text END AS payload,
+       qos, retain, due_in, version,
+       CASE WHEN send THEN payload_bytes END AS payload_bytes,
+       CASE WHEN send THEN content_type END AS content_type,
+       CASE WHEN send THEN user_properties END AS user_properties,
+       CASE WHEN send THEN response_topic END AS response_topic,
+       CASE WHEN send THEN correlation_data END AS correlation_data,
+       expires_in, expired, refusal,
+       refusal IS NULL AND NOT expired AND NOT send AS held
 FROM (
-    SELECT claimed.*,
-           sum(CASE WHEN refusal IS NULL THEN size ELSE 0 END)
-               OVER (ROWS UNBOUNDED PRECEDING) AS running
+    SELECT budgeted.*,
+           refusal IS NULL AND NOT expired
+               AND running - size < %(batch_max_bytes)s::bigint AS send
     FROM (
-        SELECT id, topic, payload, qos, retain, fire_at,
-               CASE WHEN isfinite(fire_at) THEN extract(epoch FROM fire_at - now())::float8
-                    ELSE 0 END AS due_in,
-               xmin::text AS version,
-               octet_length(topic) + octet_length(payload) AS size,
-               CASE WHEN topic IS NULL THEN 'topic is NULL'
-                    WHEN payload IS NULL THEN 'payload is NULL'
-                    WHEN octet_length(payload) > %(max_payload_bytes)s::bigint
-                    THEN 'payload is ' || octet_length(payload)::text
-                         || ' bytes, over JOBPUB_MAX_PAYLOAD_BYTES ('
-                         || %(max_payload_bytes)s::bigint::text || ')'
-               END AS refusal
-        FROM jobs
-        WHERE NOT processed AND failed_at IS NULL
-          AND fire_at <= now() + make_interval(secs => %(lookahead)s)
-          AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-          AND id %% 16 = %(lane)s::bigint
-        ORDER BY fire_at, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS claimed
-) AS budgeted
+        SELECT claimed.*,
+               sum(CASE WHEN refusal IS NULL AND NOT expired THEN size ELSE 0 END)
+                   OVER (ROWS UNBOUNDED PRECEDING) AS running
+        FROM (
+            SELECT id, topic, payload, payload_bytes, qos, retain, fire_at, content_type,
+                   user_properties, response_topic, correlation_data,
+                   CASE WHEN isfinite(fire_at)
+                        THEN extract(epoch FROM fire_at - now())::float8 ELSE 0 END AS due_in,
+                   xmin::text AS version,
+                   CASE WHEN expires_at <= now() THEN 0
+                        WHEN isfinite(expires_at)
+                        THEN extract(epoch FROM expires_at - now())::float8 END AS expires_in,
+                   coalesce(expires_at <= now(), false) AS expired,
+                   octet_length(topic)
+                       + coalesce(octet_length(payload_bytes), octet_length(payload))
+                       + coalesce(octet_length(content_type), 0)
+                       + coalesce(pg_column_size(user_properties), 0)
+                       + coalesce(octet_length(response_topic), 0)
+                       + coalesce(octet_length(correlation_data), 0) AS size,
+                   CASE WHEN topic IS NULL THEN 'topic is NULL'
+                        WHEN payload IS NULL AND payload_bytes IS NULL THEN 'payload is NULL'
+                        WHEN coalesce(octet_length(payload_bytes), octet_length(payload))
+                             > %(max_payload_bytes)s::bigint
+                        THEN 'payload is '
+                             || coalesce(octet_length(payload_bytes), octet_length(payload))::text
+                             || ' bytes, over JOBPUB_MAX_PAYLOAD_BYTES ('
+                             || %(max_payload_bytes)s::bigint::text || ')'
+                   END AS refusal
+            FROM jobs
+            WHERE NOT processed AND failed_at IS NULL
+              AND fire_at <= now() + make_interval(secs => %(lookahead)s)
+              AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+              AND id %% 16 = %(lane)s::bigint
+            ORDER BY fire_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS claimed
+    ) AS budgeted
+) AS judged
 """
 
 # Run first in every claim's transaction. A claim wants one plan only: walk its partial
@@ -158,8 +208,9 @@ SELECT extract(epoch FROM least(
 
 # clock_timestamp(), not now(): now() is the transaction's start, the claim, which for
 # a row held until its fire_at would be earlier than the publish.
+# Every mark writes `state` itself (sql/0010: the state trigger then does nothing).
 MARK_PUBLISHED: Final[LiteralString] = """
-UPDATE jobs SET processed = true, processed_at = clock_timestamp()
+UPDATE jobs SET processed = true, processed_at = clock_timestamp(), state = 'published'
 WHERE id = ANY(%(ids)s::bigint[])
 """
 
@@ -168,7 +219,7 @@ WHERE id = ANY(%(ids)s::bigint[])
 # another replica holds now (it will publish it again anyway) or that changed since the
 # claim (a new xmin: rescheduled, or already marked by someone else).
 MARK_PUBLISHED_AFTER_LOSS: Final[LiteralString] = """
-UPDATE jobs SET processed = true, processed_at = clock_timestamp()
+UPDATE jobs SET processed = true, processed_at = clock_timestamp(), state = 'published'
 WHERE id IN (
     SELECT jobs.id
     FROM jobs
@@ -182,7 +233,8 @@ WHERE id IN (
 # Rows that can never be published: dead at once, with the reason.
 MARK_DEAD: Final[LiteralString] = """
 UPDATE jobs
-SET attempts = jobs.attempts + 1, last_error = refused.error, failed_at = clock_timestamp()
+SET attempts = jobs.attempts + 1, last_error = refused.error, failed_at = clock_timestamp(),
+    state = 'dead'
 FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS refused(id, error)
 WHERE jobs.id = refused.id
 """
@@ -198,10 +250,44 @@ SET attempts = jobs.attempts + 1,
     next_attempt_at = clock_timestamp() + make_interval(secs =>
         least(%(backoff_max)s, %(backoff)s * 2 ^ least(jobs.attempts, 62))
         * (0.5 + random() / 2)),
-    failed_at = CASE WHEN jobs.attempts + 1 >= %(max_attempts)s THEN clock_timestamp() END
+    failed_at = CASE WHEN jobs.attempts + 1 >= %(max_attempts)s THEN clock_timestamp() END,
+    state = CASE WHEN jobs.attempts + 1 >= %(max_attempts)s THEN 'dead' ELSE 'pending' END
 FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS failed(id, error)
 WHERE jobs.id = failed.id
 RETURNING jobs.failed_at IS NOT NULL AS dead
+"""
+
+# Rows whose expiry passed before they were published: they leave the queue as
+# processed (retention prunes them with published rows) with expired_at and the reason.
+# Also the Completer's statement for rows the claim found expired or the publisher found
+# expired while holding them for their fire_at.
+MARK_EXPIRED: Final[LiteralString] = """
+UPDATE jobs
+SET processed = true, processed_at = clock_timestamp(), expired_at = clock_timestamp(),
+    state = 'expired',
+    last_error = 'expired: expires_at ' || expires_at::text || ' passed before it was published'
+WHERE id = ANY(%(ids)s::bigint[])
+"""
+
+# Expire pending rows the claim never takes: paused ones, and rows whose expiry comes
+# before their fire_at. Reads jobs_expires_at_pending_idx (sql/0011) from its head, so an
+# empty sweep is one index probe. SKIP LOCKED: a row a replica holds now is judged by its
+# publisher at send. The MATERIALIZED CTE locks exactly `limit` rows before the UPDATE.
+EXPIRE_OVERDUE: Final[LiteralString] = """
+WITH overdue AS MATERIALIZED (
+    SELECT id FROM jobs
+    WHERE NOT processed AND failed_at IS NULL AND expires_at IS NOT NULL
+      AND expires_at <= now()
+    ORDER BY expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs
+SET processed = true, processed_at = clock_timestamp(), expired_at = clock_timestamp(),
+    state = 'expired',
+    last_error = 'expired: expires_at ' || expires_at::text || ' passed before it was published'
+FROM overdue
+WHERE jobs.id = overdue.id
 """
 
 # Backlog gauges. A count over the partial index: cheap while the backlog is modest,
@@ -280,9 +366,11 @@ RECORD_MIGRATION: Final[LiteralString] = (
 )
 
 # Put dead rows back in the queue (operator command). attempts restart from zero;
-# last_error stays as history. NOTIFY wakes the replicas at once.
+# last_error stays as history. Expired rows are processed, so never taken: requeued they
+# would expire again (docs/jobs.md says how to give one a new expiry). NOTIFY wakes the
+# replicas at once.
 REQUEUE_DEAD: Final[LiteralString] = """
-UPDATE jobs SET failed_at = NULL, attempts = 0, next_attempt_at = NULL
+UPDATE jobs SET failed_at = NULL, attempts = 0, next_attempt_at = NULL, state = 'pending'
 WHERE failed_at IS NOT NULL AND NOT processed
   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
 RETURNING id
