@@ -120,6 +120,11 @@ class Metrics:
             "jobpub_database_up", "1 while the last database operation succeeded.", registry=r
         )
         self.broker_up = Gauge("jobpub_broker_up", "1 while connected to the broker.", registry=r)
+        self.throttled = Counter(
+            "jobpub_throttled_seconds",
+            "Time the claim loop waited for its share of JOBPUB_RATE_LIMIT.",
+            registry=r,
+        )
         self.broker_disconnects = Counter(
             "jobpub_broker_disconnects", "Broker connections lost while running.", registry=r
         )

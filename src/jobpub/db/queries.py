@@ -323,3 +323,47 @@ NOTIFY_REQUEUED: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
 # A batch held rows past its byte bound (CLAIM_DUE_JOBS): they are free once it commits,
 # and due. Sent in its transaction, so delivered at the commit: every replica claims.
 NOTIFY_HELD_ROWS: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
+
+# Register this replica or refresh its heartbeat, drop replicas silent for `stale_after`
+# seconds, and count the live ones (this one included) for the fleet-wide rate limit's
+# share. One statement, one round trip every heartbeat. An upsert, so a replica removed as
+# stale (frozen past stale_after) registers again on its next beat. The count reads the
+# snapshot from before this statement's own writes: `+ 1` is this replica, and the stale
+# rows are left out by the same bound the DELETE uses.
+BEAT_REPLICA: Final[LiteralString] = """
+WITH beat AS (
+    INSERT INTO jobpub_replicas (id, host, version, partition)
+    VALUES (%(id)s, %(host)s, %(version)s, %(partition)s)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+    RETURNING id
+), stale AS (
+    DELETE FROM jobpub_replicas
+    WHERE heartbeat_at < now() - make_interval(secs => %(stale_after)s)
+      AND id <> %(id)s
+    RETURNING id
+)
+SELECT 1 + count(*)
+FROM jobpub_replicas
+WHERE id <> %(id)s AND heartbeat_at >= now() - make_interval(secs => %(stale_after)s)
+"""
+
+# A clean stop: the others' shares grow at their next heartbeat.
+REMOVE_REPLICA: Final[LiteralString] = "DELETE FROM jobpub_replicas WHERE id = %(id)s"
+
+# Pause a topic filter (operator command). An existing pause keeps its age; a new reason
+# replaces the old one. The table's trigger checks the filter and computes its match.
+PAUSE: Final[LiteralString] = """
+INSERT INTO pauses (filter, reason) VALUES (%(filter)s, %(reason)s)
+ON CONFLICT (filter) DO UPDATE SET reason = coalesce(EXCLUDED.reason, pauses.reason)
+RETURNING created_at = now() AS created
+"""
+
+# Resume: the table's statement trigger NOTIFYs every replica to claim at once.
+RESUME: Final[LiteralString] = "DELETE FROM pauses WHERE filter = %(filter)s RETURNING filter"
+
+# The pauses, oldest first. Few rows: no index wanted.
+LIST_PAUSES: Final[LiteralString] = """
+SELECT filter, extract(epoch FROM now() - created_at)::float8 AS age_s, reason
+FROM pauses
+ORDER BY created_at, filter
+"""
