@@ -1,4 +1,4 @@
-"""`python -m bench all|drain|on-time|idle|clients|chaos|capacity`: run, print, write results.
+"""`python -m bench all|drain|on-time|idle|clients|chaos|capacity|rate`: run, print, write results.
 
 Results go to bench/results/<name>.json and .png (and a table on stdout). `all` runs
 everything but `chaos`, which restarts the machine's PostgreSQL.
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, chaos, clients, scenarios
+from bench import capacity, chaos, clients, rate, scenarios
 from bench.harness import ScenarioResult, bench_environment
 from bench.report import render_chaos_chart, render_chart, render_table
 
@@ -27,7 +27,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> int:  # noqa: PLR0915 - one branch per command reads plainer than a dispatch table
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "what", choices=["all", "drain", "on-time", "idle", "clients", "chaos", "capacity"]
+        "what",
+        choices=["all", "drain", "on-time", "idle", "clients", "chaos", "capacity", "rate"],
     )
     parser.add_argument(
         "--jobs", type=int, default=None,
@@ -95,6 +96,8 @@ def main() -> int:  # noqa: PLR0915 - one branch per command reads plainer than 
             results.extend(chaos.all_scenarios(bench, only, stream))
         if args.what == "capacity":
             results.extend(capacity.measure(bench, args.database, repeat=args.repeat))
+        if args.what == "rate":
+            results.extend(rate.measure(bench, repeat=args.repeat))
 
     name = args.name or args.what
     RESULTS.mkdir(exist_ok=True)
