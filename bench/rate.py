@@ -131,7 +131,8 @@ def _claim_cost(bench: Bench, repeat: int) -> ScenarioResult:
                         params,
                     ).fetchone()
                     conn.rollback()
-                    assert plan is not None
+                    if plan is None:
+                        raise RuntimeError("EXPLAIN returned no plan")
                     times.append(float(plan[0][0]["Execution Time"]))
                 medians[count].append(statistics.median(times))
         conn.autocommit = True
