@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, chaos, clients, scale, scenarios, schedules
+from bench import capacity, chaos, clients, rate, scale, scenarios, schedules
 from bench.harness import Bench, ScenarioResult, bench_environment
 from bench.report import render_chaos_chart, render_chart, render_table
 
@@ -44,6 +44,7 @@ SINGLE: dict[str, Callable[[Bench, argparse.Namespace], list[ScenarioResult]]] =
         bench, args.jobs or 100_000, args.old_rows, args.repeat
     ),
     "chaos": _chaos,
+    "rate": lambda bench, args: rate.measure(bench, repeat=args.repeat),
 }
 
 

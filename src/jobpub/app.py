@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
+import uuid
 from datetime import timedelta
 
 import structlog
 
+from jobpub import __version__
 from jobpub.db.claim import ClaimConfig, Claimer
 from jobpub.db.complete import Completer, RetryPolicy
 from jobpub.db.database import Database, DatabaseConfig
 from jobpub.db.listen import Listener, sample_backlog
+from jobpub.db.replicas import ReplicaRecord, ReplicaRegistry
 from jobpub.db.retention import Pruner, RetentionConfig
 from jobpub.db.schedules import ScheduleStore
 from jobpub.errors import DatabaseError
@@ -21,6 +25,7 @@ from jobpub.health import DatabaseHealth, Heartbeat, stalled_after
 from jobpub.http import HttpServer, Response, Route
 from jobpub.metrics import CONTENT_TYPE, Metrics
 from jobpub.publisher import MqttPublisher, PublisherConfig
+from jobpub.ratelimit import TokenBucket
 from jobpub.relay import Relay, RelayConfig
 from jobpub.scheduling.materializer import Materializer, MaterializerConfig
 from jobpub.settings import Settings, redact_url
@@ -51,6 +56,10 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
     publisher = MqttPublisher(_publisher_config(settings), metrics)
     materializer = Materializer(ScheduleStore(database), _materializer_config(settings))
     health, heartbeat = DatabaseHealth(), Heartbeat()  # the relay writes, /readyz, /healthz read
+    # This replica's share of JOBPUB_RATE_LIMIT: the whole limit until the first heartbeat
+    # has counted the fleet (it runs before the broker connection lets the relay claim).
+    budget = TokenBucket(settings.rate_limit) if settings.rate_limit else None
+    registry = ReplicaRegistry(database, _replica_record(settings))
     relay = Relay(
         claimer,
         completer,
@@ -59,6 +68,7 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
         _relay_config(settings),
         health=health,
         heartbeat=heartbeat,
+        budget=budget,
     )
     drained = asyncio.Event()  # the relay is done: connections and servers may close
 
@@ -103,6 +113,12 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
             )
             tasks.create_task(materializer.run(drained), name="schedule-materializer")
             tasks.create_task(pruner.run(drained), name="retention-pruner")
+            tasks.create_task(
+                _keep_registered(
+                    registry, budget, settings.rate_limit, settings.heartbeat_interval, drained
+                ),
+                name="replica-heartbeat",
+            )
             relay_task = tasks.create_task(relay.run(stop), name="relay")
             relay_task.add_done_callback(lambda _: drained.set())
     finally:
@@ -213,6 +229,50 @@ def _materializer_config(settings: Settings) -> MaterializerConfig:
         horizon=timedelta(seconds=settings.schedule_horizon),
         interval=min(settings.schedule_horizon / 4, 5.0),
     )
+
+
+def _replica_record(settings: Settings) -> ReplicaRecord:
+    return ReplicaRecord(
+        id=str(uuid.uuid4()),
+        host=socket.gethostname(),
+        version=__version__,
+        partition=f"{settings.consumer_index}/{settings.consumer_count}",
+        stale_after=settings.replica_stale_after,
+    )
+
+
+async def _keep_registered(
+    registry: ReplicaRegistry,
+    budget: TokenBucket | None,
+    rate_limit: float,
+    interval: float,
+    stop: asyncio.Event,
+) -> None:
+    """Heartbeat in jobpub_replicas until `stop` (the relay has drained), then leave.
+
+    Each beat recounts the live replicas and sets this replica's share of the rate limit.
+    A failed beat keeps the last share: the relay meets the same outage when it claims.
+    """
+    replicas = 0
+    while not stop.is_set():
+        try:
+            live = await registry.beat()
+        except DatabaseError as exc:
+            log.debug("replica_heartbeat_failed", error=str(exc))
+        else:
+            if live != replicas:
+                replicas = live
+                if budget is not None:
+                    budget.set_rate(rate_limit / live)
+                log.info(
+                    "replicas_counted", replicas=live,
+                    **({"rate_share_per_s": round(rate_limit / live, 2)} if budget else {}),
+                )  # fmt: skip
+        await wait_for_event(stop, interval)
+    try:
+        await registry.leave()
+    except DatabaseError as exc:  # the others remove the row once it is stale
+        log.warning("replica_leave_failed", error=str(exc))
 
 
 def _publisher_config(settings: Settings) -> PublisherConfig:

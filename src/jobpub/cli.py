@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from jobpub import __version__, app, logs, migrations
 from jobpub.db.admin import migrate, requeue
+from jobpub.db.pauses import InvalidFilter, list_pauses, pause, resume
 from jobpub.db.schedules import (
     NewSchedule,
     add_schedule,
@@ -55,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         "--all", action="store_true", help="every dead job (required when no ids are given)"
     )
     _add_schedule_parser(commands)
+    pause_parser = commands.add_parser(
+        "pause", help="stop publishing rows whose topic matches an MQTT filter ('#': all)"
+    )
+    pause_parser.add_argument("filter", metavar="FILTER")
+    pause_parser.add_argument("--reason", default=None, help="shown by `jobpub pauses`")
+    resume_parser = commands.add_parser("resume", help="publish a paused filter's rows again")
+    resume_parser.add_argument("filter", metavar="FILTER")
+    commands.add_parser("pauses", help="list the paused topic filters")
     args = parser.parse_args(argv)
 
     try:
@@ -67,15 +76,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_SETTINGS
     logs.configure(settings.log_format, settings.log_level)
 
+    if args.command == "requeue" and not args.ids and not args.all:
+        parser.error("requeue: give job ids, or --all for every dead job")
+    return asyncio.run(_command(settings, args))
+
+
+async def _command(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the parsed command to its exit code."""
     if args.command == "migrate":
-        return asyncio.run(_migrate(settings, args.wait))
+        return await _migrate(settings, args.wait)
     if args.command == "requeue":
-        if not args.ids and not args.all:
-            parser.error("requeue: give job ids, or --all for every dead job")
-        return asyncio.run(_requeue(settings, args.ids or None))
+        return await _requeue(settings, args.ids or None)
     if args.command == "schedule":
-        return asyncio.run(_schedule(settings.database_url.get_secret_value(), args))
-    return asyncio.run(app.run(settings))
+        return await _schedule(settings.database_url.get_secret_value(), args)
+    if args.command in ("pause", "resume", "pauses"):
+        return await _pauses(settings, args.command, getattr(args, "filter", ""),
+                             getattr(args, "reason", None))  # fmt: skip
+    return await app.run(settings)
 
 
 def _duration(text: str) -> timedelta:
@@ -169,6 +186,42 @@ async def _schedule(url: str, args: argparse.Namespace) -> int:
     done = {"remove": "schedule_removed", "enable": "schedule_enabled"}
     log.info(done.get(args.action, "schedule_disabled"), schedule=args.name)
     return EXIT_OK
+
+
+async def _pauses(settings: Settings, command: str, topic_filter: str, reason: str | None) -> int:
+    url = settings.database_url.get_secret_value()
+    try:
+        if command == "pause":
+            created = await pause(url, topic_filter, reason)
+            log.info("paused" if created else "already_paused", filter=topic_filter)
+        elif command == "resume":
+            if not await resume(url, topic_filter):
+                log.warning("not_paused", filter=topic_filter)
+                return EXIT_FAILED
+            log.info("resumed", filter=topic_filter)
+        else:
+            for row in await list_pauses(url):
+                print(f"{row.filter}\t{_age(row.age_s)}\t{row.reason or ''}")
+    except InvalidFilter as exc:
+        print(f"jobpub: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    except DatabaseError as exc:
+        log.exception("pauses_command_failed", command=command, error=str(exc))
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _age(seconds: float) -> str:
+    """3d4h, 2h5m, 7m12s, 40s: the two largest units."""
+    whole = int(seconds)
+    days, hours, minutes = whole // 86400, whole // 3600 % 24, whole // 60 % 60
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{whole % 60}s"
+    return f"{whole}s"
 
 
 async def _requeue(settings: Settings, ids: list[int] | None) -> int:

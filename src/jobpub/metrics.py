@@ -126,6 +126,11 @@ class Metrics:
             registry=r,
         )
         self.broker_up = Gauge("jobpub_broker_up", "1 while connected to the broker.", registry=r)
+        self.throttled = Counter(
+            "jobpub_throttled_seconds",
+            "Time the claim loop waited for its share of JOBPUB_RATE_LIMIT.",
+            registry=r,
+        )
         self.broker_disconnects = Counter(
             "jobpub_broker_disconnects", "Broker connections lost while running.", registry=r
         )

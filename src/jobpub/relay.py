@@ -51,7 +51,8 @@ BatchT_contra = TypeVar("BatchT_contra", bound=Batch, contravariant=True)
 
 
 class JobSource(Protocol[BatchT_co]):
-    async def claim(self) -> BatchT_co: ...
+    async def claim(self, limit: int) -> BatchT_co:
+        """Claim up to `limit` due rows."""
 
     async def check(self) -> None:
         """Return when the database answers; raise DatabaseError when it does not."""
@@ -63,6 +64,24 @@ class BatchCompleter(Protocol[BatchT_contra]):
 
     async def release(self, batch: BatchT_contra) -> None:
         """Give every row back untouched."""
+
+
+class RateBudget(Protocol):
+    """This replica's share of the fleet-wide rate limit (jobpub.ratelimit.TokenBucket)."""
+
+    def take(self, wanted: int) -> int:
+        """Rows that may be claimed now, at most `wanted`; 0 until the budget allows."""
+
+    def give_back(self, unused: int) -> None:
+        """Budget taken for rows a claim did not find."""
+
+    def delay(self, wanted: int) -> float:
+        """Seconds until `take(wanted)` grants rows."""
+
+
+# The longest single wait for rate budget: the loop's heartbeat (/healthz) keeps beating
+# under a tiny limit, and a new share from the replica heartbeat is taken up soon.
+BUDGET_WAIT_MAX = 1.0
 
 
 class Publisher(Protocol):
@@ -130,6 +149,7 @@ class Relay(Generic[BatchT]):
         *,
         health: DatabaseHealth | None = None,
         heartbeat: Heartbeat | None = None,
+        budget: RateBudget | None = None,
     ) -> None:
         self._source = source
         self._completer = completer
@@ -138,6 +158,7 @@ class Relay(Generic[BatchT]):
         self._config = config
         self.health = health or DatabaseHealth()
         self.heartbeat = heartbeat or Heartbeat()
+        self._budget = budget  # None: no rate limit
         self._wake = asyncio.Event()
         self._wake_at: float | None = None  # monotonic time of the next known due job
 
@@ -193,12 +214,17 @@ class Relay(Generic[BatchT]):
                 await self._rejoin_after_loss(stop)
                 backoff.reset()
                 continue
+            limit = await self._claim_size(stop)
+            if not limit:
+                slots.give_back()
+                break  # stopped while waiting for rate budget
             try:
-                batch = await self._source.claim()
+                batch = await self._source.claim(limit)
             except DatabaseError as exc:
                 # Unreachable, or the claim itself failed (a permission, a row the
                 # database cannot evaluate): stay up, not ready, and try again.
                 slots.give_back()
+                self._give_back_budget(limit)
                 await self._database_failed(exc, backoff, stop)
                 continue
             if health.claimed():
@@ -206,6 +232,7 @@ class Relay(Generic[BatchT]):
             self._show_health()
             backoff.reset()
             self._wake.clear()
+            self._give_back_budget(limit - len(batch.jobs))
             if batch.jobs:
                 task = group.create_task(
                     self._deliver(batch, slots), name=f"deliver-batch-{next(numbers)}"
@@ -215,9 +242,31 @@ class Relay(Generic[BatchT]):
             else:
                 await self._completer.release(batch)
                 slots.give_back()
-            if len(batch.jobs) >= config.batch_size:
-                continue  # a backlog: claim the next batch at once
+            if len(batch.jobs) >= limit:
+                continue  # a backlog: claim the next batch at once (or when budget allows)
             await self._sleep_until_due(batch, stop)
+
+    async def _claim_size(self, stop: asyncio.Event) -> int:
+        """Rows the next claim may take: the batch size, or what the rate budget allows
+        once it allows any (0 if stopped first). Rows held back stay pending: late, never
+        dropped."""
+        wanted = self._config.batch_size
+        budget = self._budget
+        if budget is None:
+            return wanted
+        granted = budget.take(wanted)
+        if granted:
+            return granted
+        started = time.monotonic()
+        while not stop.is_set() and not (granted := budget.take(wanted)):
+            self.heartbeat.beat()
+            await wait_for_any((stop,), min(budget.delay(wanted), BUDGET_WAIT_MAX))
+        self._metrics.throttled.inc(time.monotonic() - started)
+        return granted
+
+    def _give_back_budget(self, unused: int) -> None:
+        if self._budget is not None and unused > 0:
+            self._budget.give_back(unused)
 
     async def _database_failed(
         self, exc: DatabaseError, backoff: Backoff, stop: asyncio.Event

@@ -186,6 +186,25 @@ class Settings(BaseSettings):
             )
         return self
 
+    # Messages per second for the whole fleet (0: no limit). Each replica takes an equal
+    # share, the limit over the live replicas of jobpub_replicas, recounted at each of its
+    # heartbeats; rows held back are late, never dropped. A replica's row is refreshed
+    # every heartbeat_interval seconds and removed by any replica once it is older than
+    # replica_stale_after (a killed replica), so the others' shares grow again.
+    rate_limit: Annotated[float, Field(ge=0, le=10_000_000)] = 0.0
+    heartbeat_interval: PositiveSeconds = 3.0
+    replica_stale_after: PositiveSeconds = 15.0
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> Settings:
+        if self.replica_stale_after <= 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"JOBPUB_REPLICA_STALE_AFTER ({self.replica_stale_after:g} s) must exceed twice "
+                f"JOBPUB_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g} s): one late heartbeat "
+                "would remove a live replica"
+            )
+        return self
+
     # Comma-separated topic prefixes rows may publish to ("" allows every topic); a row
     # outside them goes dead, so a producer cannot reach $SYS or another tenant's tree.
     topic_prefixes: str = ""

@@ -66,7 +66,7 @@ class FakeSource:
         self.calls: list[tuple[str, float]] = []  # ("claim" | "check", monotonic time)
         self._failed_checks = failed_checks
 
-    async def claim(self) -> FakeBatch:
+    async def claim(self, limit: int | None = None) -> FakeBatch:
         self.claims += 1
         self.calls.append(("claim", time.monotonic()))
         item = self.queue.pop(0) if self.queue else FakeBatch([])

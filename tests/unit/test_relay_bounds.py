@@ -58,7 +58,7 @@ class NeverReturningSource(FakeSource):
         super().__init__()
         self.hanging = asyncio.Event()
 
-    async def claim(self) -> FakeBatch:
+    async def claim(self, limit: int | None = None) -> FakeBatch:
         self.claims += 1
         self.hanging.set()
         await asyncio.Event().wait()

@@ -112,10 +112,11 @@ class Claimer:
         self._lanes = LanePicker(enabled=config.consumer_count == 1)
         self._next_sweep = 0.0  # time.monotonic() from which the next claim sweeps first
 
-    async def claim(self) -> ClaimedBatch:
-        """Claim due rows in a new transaction; a Completer settles or releases the batch."""
+    async def claim(self, limit: int | None = None) -> ClaimedBatch:
+        """Claim up to `limit` due rows (the configured batch size if None) in a new
+        transaction; a Completer settles or releases the batch."""
         started = time.monotonic()
-        limit = self._config.limit
+        limit = limit or self._config.limit
         with database_errors("claiming jobs"):
             connection = await self._database.acquire()
             try:
@@ -127,13 +128,13 @@ class Claimer:
                     # No later than the claim's now(): deadlines counted from here are
                     # never later than the database's (an expiry interval never too long).
                     origin = time.monotonic()
-                    rows = await self._claim_rows(cursor, lane)
+                    rows = await self._claim_rows(cursor, lane, limit)
                     if lane is not None and len(rows) < limit:
                         # This lane is nearly drained: give its rows back and take the
                         # oldest of all lanes, so a backlog never looks like its end.
                         await connection.rollback()
                         self._lanes.rest()
-                        rows = await self._claim_rows(cursor, None)
+                        rows = await self._claim_rows(cursor, None, limit)
                     self._lanes.backlog = len(rows) >= limit
                     claimed_at = time.monotonic()
                     jobs, refused, held, expired = _sort_claimed(rows, origin)
@@ -171,15 +172,14 @@ class Claimer:
         self._next_sweep = time.monotonic() + (0.0 if full else EXPIRY_SWEEP_INTERVAL)
 
     async def _claim_rows(
-        self, cursor: psycopg.AsyncCursor[Any], lane: int | None
+        self, cursor: psycopg.AsyncCursor[Any], lane: int | None, limit: int
     ) -> list[tuple[Any, ...]]:
         await cursor.execute(queries.CLAIM_PLAN)
+        params = {**self._config.params(), "limit": limit}
         if lane is None:
-            await cursor.execute(queries.CLAIM_DUE_JOBS, self._config.params())
+            await cursor.execute(queries.CLAIM_DUE_JOBS, params)
         else:
-            await cursor.execute(
-                queries.CLAIM_DUE_JOBS_IN_LANE, {**self._config.params(), "lane": lane}
-            )
+            await cursor.execute(queries.CLAIM_DUE_JOBS_IN_LANE, {**params, "lane": lane})
         return await cursor.fetchall()
 
 

@@ -19,6 +19,26 @@ OWN_PARTITION: Final[LiteralString] = (
 # Lanes: jobs_pending_lane_idx (sql/0004_claim_lanes.sql) is on (id % 16); LANES and
 # the 16 in CLAIM_DUE_JOBS_IN_LANE must equal it.
 LANES: Final = 16
+# Not paused: no row of `pauses` (sql/0014_pauses.sql) matches the topic. Read by the claim
+# itself, so a pause holds from the first claim after its commit, with no cache to go
+# stale. Per row: one probe of a hash of the filters' first levels, built once per
+# statement (`hashed SubPlan`); only a topic whose first level is paused looks further, by
+# index, at the filters with that first level; then the few filters starting with a
+# wildcard. So the cost does not grow with the number of filters: a 250-row claim ran
+# 0.21 ms with no predicate, 0.39 ms with it and 0 filters, 0.41 ms with 100 (server time,
+# PG 15; an index probe per row instead: 0.63 ms; every filter tested per row: +1.4 ms).
+# The LIKE test is cheap; the exact regex runs only on what passes it.
+NOT_PAUSED: Final[LiteralString] = """\
+(split_part(jobs.topic, '/', 1) NOT IN (SELECT first_level FROM pauses
+                                                      WHERE first_level IS NOT NULL)
+                   OR NOT EXISTS (SELECT 1 FROM pauses
+                                  WHERE pauses.first_level = split_part(jobs.topic, '/', 1)
+                                    AND jobs.topic LIKE pauses.topic_like
+                                    AND jobs.topic ~ pauses.topic_regex))
+              AND NOT EXISTS (SELECT 1 FROM pauses
+                              WHERE pauses.first_level IS NULL
+                                AND jobs.topic LIKE pauses.topic_like
+                                AND jobs.topic ~ pauses.topic_regex)"""
 
 # Claim up to `limit` due rows in one statement. A plain SELECT … FOR UPDATE SKIP
 # LOCKED under LIMIT locks exactly the rows it returns (LockRows sits below Limit),
@@ -101,6 +121,16 @@ FROM (
               AND (%(consumer_count)s::int = 1
        OR id %% %(consumer_count)s::int = %(consumer_index)s::int
                    OR fire_at <= now() - make_interval(secs => %(takeover_delay)s))
+              AND (split_part(jobs.topic, '/', 1) NOT IN (SELECT first_level FROM pauses
+                                                      WHERE first_level IS NOT NULL)
+                   OR NOT EXISTS (SELECT 1 FROM pauses
+                                  WHERE pauses.first_level = split_part(jobs.topic, '/', 1)
+                                    AND jobs.topic LIKE pauses.topic_like
+                                    AND jobs.topic ~ pauses.topic_regex))
+              AND NOT EXISTS (SELECT 1 FROM pauses
+                              WHERE pauses.first_level IS NULL
+                                AND jobs.topic LIKE pauses.topic_like
+                                AND jobs.topic ~ pauses.topic_regex)
             ORDER BY fire_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
@@ -167,6 +197,16 @@ FROM (
               AND fire_at <= now() + make_interval(secs => %(lookahead)s)
               AND (next_attempt_at IS NULL OR next_attempt_at <= now())
               AND id %% 16 = %(lane)s::bigint
+              AND (split_part(jobs.topic, '/', 1) NOT IN (SELECT first_level FROM pauses
+                                                      WHERE first_level IS NOT NULL)
+                   OR NOT EXISTS (SELECT 1 FROM pauses
+                                  WHERE pauses.first_level = split_part(jobs.topic, '/', 1)
+                                    AND jobs.topic LIKE pauses.topic_like
+                                    AND jobs.topic ~ pauses.topic_regex))
+              AND NOT EXISTS (SELECT 1 FROM pauses
+                              WHERE pauses.first_level IS NULL
+                                AND jobs.topic LIKE pauses.topic_like
+                                AND jobs.topic ~ pauses.topic_regex)
             ORDER BY fire_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
@@ -414,4 +454,48 @@ FROM (SELECT EXISTS (
           WHERE NOT processed AND failed_at IS NULL
             AND fire_at < now() - make_interval(secs => %(grace)s)
             AND (next_attempt_at IS NULL OR next_attempt_at <= now())) AS behind) AS backlog
+"""
+
+# Register this replica or refresh its heartbeat, drop replicas silent for `stale_after`
+# seconds, and count the live ones (this one included) for the fleet-wide rate limit's
+# share. One statement, one round trip every heartbeat. An upsert, so a replica removed as
+# stale (frozen past stale_after) registers again on its next beat. The count reads the
+# snapshot from before this statement's own writes: `+ 1` is this replica, and the stale
+# rows are left out by the same bound the DELETE uses.
+BEAT_REPLICA: Final[LiteralString] = """
+WITH beat AS (
+    INSERT INTO jobpub_replicas (id, host, version, partition)
+    VALUES (%(id)s, %(host)s, %(version)s, %(partition)s)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+    RETURNING id
+), stale AS (
+    DELETE FROM jobpub_replicas
+    WHERE heartbeat_at < now() - make_interval(secs => %(stale_after)s)
+      AND id <> %(id)s
+    RETURNING id
+)
+SELECT 1 + count(*)
+FROM jobpub_replicas
+WHERE id <> %(id)s AND heartbeat_at >= now() - make_interval(secs => %(stale_after)s)
+"""
+
+# A clean stop: the others' shares grow at their next heartbeat.
+REMOVE_REPLICA: Final[LiteralString] = "DELETE FROM jobpub_replicas WHERE id = %(id)s"
+
+# Pause a topic filter (operator command). An existing pause keeps its age; a new reason
+# replaces the old one. The table's trigger checks the filter and computes its match.
+PAUSE: Final[LiteralString] = """
+INSERT INTO pauses (filter, reason) VALUES (%(filter)s, %(reason)s)
+ON CONFLICT (filter) DO UPDATE SET reason = coalesce(EXCLUDED.reason, pauses.reason)
+RETURNING created_at = now() AS created
+"""
+
+# Resume: the table's statement trigger NOTIFYs every replica to claim at once.
+RESUME: Final[LiteralString] = "DELETE FROM pauses WHERE filter = %(filter)s RETURNING filter"
+
+# The pauses, oldest first. Few rows: no index wanted.
+LIST_PAUSES: Final[LiteralString] = """
+SELECT filter, extract(epoch FROM now() - created_at)::float8 AS age_s, reason
+FROM pauses
+ORDER BY created_at, filter
 """

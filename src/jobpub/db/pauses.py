@@ -1,0 +1,62 @@
+"""Pauses by MQTT topic filter (the `pauses` table): pause, resume, list.
+
+The claim statements read the table themselves (queries.NOT_PAUSED); these are the
+operator's conveniences over plain SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import errors as pg_errors
+
+from jobpub.db import queries
+from jobpub.db.database import connect, database_errors
+from jobpub.errors import JobpubError
+
+
+class InvalidFilter(JobpubError):
+    """Not an MQTT topic filter (refused by the table's CHECK constraint)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    filter: str
+    age_s: float
+    reason: str | None
+
+
+async def pause(url: str, topic_filter: str, reason: str | None) -> bool:
+    """Pause `topic_filter`; True if it was not paused before."""
+    with database_errors("pausing"):
+        async with await connect(url) as conn:
+            try:
+                cursor = await conn.execute(
+                    queries.PAUSE, {"filter": topic_filter, "reason": reason}
+                )
+            except pg_errors.CheckViolation as exc:
+                raise InvalidFilter(
+                    f"{topic_filter!r} is not an MQTT topic filter: levels are separated by "
+                    "'/', '+' fills a whole level, '#' only the last one"
+                ) from exc
+            row = await cursor.fetchone()
+            await conn.commit()
+    return bool(row and row[0])
+
+
+async def resume(url: str, topic_filter: str) -> bool:
+    """Resume `topic_filter`; False if it was not paused."""
+    with database_errors("resuming"):
+        async with await connect(url) as conn:
+            cursor = await conn.execute(queries.RESUME, {"filter": topic_filter})
+            found = await cursor.fetchone()
+            await conn.commit()
+    return found is not None
+
+
+async def list_pauses(url: str) -> list[Pause]:
+    with database_errors("listing pauses"):
+        async with await connect(url) as conn:
+            cursor = await conn.execute(queries.LIST_PAUSES)
+            rows = await cursor.fetchall()
+    return [Pause(row[0], row[1], row[2]) for row in rows]
