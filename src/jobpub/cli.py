@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 
 import structlog
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from jobpub import __version__, app, logs, migrations
 from jobpub.db.admin import migrate, requeue
@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         "--all", action="store_true", help="every dead job (required when no ids are given)"
     )
     _add_schedule_parser(commands)
+    commands.add_parser(
+        "web", help="serve the dashboard and REST API (needs `pip install 'jobpub[web]'`)"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -75,7 +78,34 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_requeue(settings, args.ids or None))
     if args.command == "schedule":
         return asyncio.run(_schedule(settings.database_url.get_secret_value(), args))
-    return asyncio.run(app.run(settings))
+    return _web(settings) if args.command == "web" else asyncio.run(app.run(settings))
+
+
+def _web(settings: Settings) -> int:
+    # Imported here, only for this command: `jobpub run` never loads the web extra.
+    try:
+        from jobpub.web.config import WebConfig, bind_refusal  # noqa: PLC0415
+        from jobpub.web.server import serve  # noqa: PLC0415
+    except ImportError as exc:
+        print(f"jobpub: web: {exc.name} is missing; pip install 'jobpub[web]'", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+
+    def secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    config = WebConfig(
+        database_url=settings.database_url.get_secret_value(),
+        host=settings.web_host,
+        port=settings.web_port,
+        token=secret(settings.web_token),
+        readonly_token=secret(settings.web_readonly_token),
+        topic_prefixes=settings.allowed_topic_prefixes,
+    )
+    refusal = bind_refusal(config)
+    if refusal:
+        print(f"jobpub: invalid settings: {refusal}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    return serve(config)
 
 
 def _duration(text: str) -> timedelta:
