@@ -25,6 +25,8 @@ package_missing() {
         postgresql) ! command -v psql >/dev/null ;;
         pgbouncer) ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ] ;;
         python3-venv) ! python3 -c 'import ensurepip, venv' 2>/dev/null ;;
+        chromium) [ ! -x /usr/bin/chromium ] ;;  # the browser tests use this path
+        chromium-driver) [ ! -x /usr/bin/chromedriver ] ;;
         *) ! command -v "$1" >/dev/null ;;
     esac
 }

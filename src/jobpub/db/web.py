@@ -476,6 +476,10 @@ class WebStore:
     async def close(self) -> None:
         await self._database.close()
 
+    async def check(self) -> None:
+        """Return if the database answers; DatabaseUnavailable if not (/healthz)."""
+        await self._database.check()
+
     @contextlib.asynccontextmanager
     async def _connection(self, action: str) -> AsyncIterator[Connection]:
         with database_errors(action):

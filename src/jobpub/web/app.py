@@ -9,7 +9,7 @@ from pathlib import Path
 import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from jobpub import __version__
@@ -58,6 +58,12 @@ def create_app(config: WebConfig, store: WebStore | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/api/docs/assets", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> PlainTextResponse:
+        """For the container's health check: the server answers and reaches the database."""
+        await store.check()  # DatabaseUnavailable: a 503 problem document
+        return PlainTextResponse("ok\n")
 
     @app.get("/api/docs", include_in_schema=False)
     async def api_docs() -> HTMLResponse:

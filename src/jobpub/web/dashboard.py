@@ -6,7 +6,7 @@ something carries the session's CSRF token, checked before the change.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -46,7 +46,16 @@ def _seconds(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
+def _duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
 templates.env.filters["time"] = _time
+templates.env.filters["duration"] = _duration
 templates.env.filters["seconds"] = _seconds
 
 
