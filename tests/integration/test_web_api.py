@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from jobpub.web.app import create_app
 from jobpub.web.config import WebConfig, bind_refusal
+from tests.browser.chrome import web_process
 
 TOKEN = "admin-token-0123456789"  # noqa: S105 - a test's own token
 READONLY = "readonly-token-0123456789"
@@ -82,8 +87,10 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
 
 
 def test_no_token_is_401_and_a_wrong_token_is_401(client: TestClient) -> None:
-    body = assert_problem(client.get("/api/stats"), 401)
+    response = client.get("/api/stats")
+    body = assert_problem(response, 401)
     assert "Bearer" in body["detail"]
+    assert response.headers["www-authenticate"] == "Bearer"
     assert_problem(client.get("/api/jobs", headers={"Authorization": "Bearer nope"}), 401)
 
 
@@ -119,6 +126,33 @@ def test_a_server_without_token_refuses_to_bind_beyond_loopback(db_url: str) -> 
     assert bind_refusal(WebConfig(db_url, host="0.0.0.0", token=TOKEN)) is None  # noqa: S104
     assert bind_refusal(WebConfig(db_url, readonly_token=READONLY)) is not None
     assert bind_refusal(WebConfig(db_url, token="change-me-web"))  # noqa: S106 is not None
+
+
+def test_jobpub_web_refuses_a_public_bind_without_a_token(db_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPUB_")}
+    env.update(JOBPUB_DATABASE_URL=db_url, JOBPUB_WEB_HOST="0.0.0.0")  # noqa: S104
+    refused = subprocess.run(
+        [sys.executable, "-m", "jobpub", "web"], env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1
+    assert "without JOBPUB_WEB_TOKEN" in refused.stderr
+    env.update(JOBPUB_WEB_TOKEN="short")  # noqa: S106 - refused for its length
+    too_short = subprocess.run(
+        [sys.executable, "-m", "jobpub", "web"], env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert too_short.returncode == 2
+    assert "JOBPUB_WEB_TOKEN" in too_short.stderr
+
+
+def test_jobpub_web_without_a_token_serves_locally_and_says_so(db_url: str, tmp_path: Path) -> None:
+    log = tmp_path / "web.log"
+    with web_process(db_url, log) as url:
+        with urllib.request.urlopen(f"{url}/api/stats", timeout=10) as response:  # noqa: S310
+            assert response.status == 200
+        assert "web_without_token" in log.read_text()
 
 
 def test_without_a_token_every_request_is_allowed(db_url: str) -> None:
@@ -353,8 +387,6 @@ def test_schedule_validation(client: TestClient) -> None:
 
 def test_importing_the_replica_loads_no_web_library() -> None:
     """`jobpub run` stays small: the web extra is loaded by `jobpub web` alone."""
-    import subprocess  # noqa: PLC0415
-
     probe = (
         "import sys, jobpub.app, jobpub.cli; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "

@@ -39,15 +39,16 @@ def authorize(
     auth = authenticator(request)
     if auth.open_access:
         return "admin"
+    challenge = {"WWW-Authenticate": "Bearer"}  # RFC 6750: a 401 names the scheme
     if credentials is None:
         raise Problem(
-            401,
-            "send Authorization: Bearer <JOBPUB_WEB_TOKEN>",
-            "unauthorized",
+            401, "send Authorization: Bearer <JOBPUB_WEB_TOKEN>", "unauthorized", challenge
         )
     role = auth.role_of_token(credentials.credentials)
     if role is None:
-        raise Problem(401, "the Bearer token is not one this server accepts", "unauthorized")
+        raise Problem(
+            401, "the Bearer token is not one this server accepts", "unauthorized", challenge
+        )
     if role == "readonly" and request.method not in READ_METHODS:
         raise Problem(403, "the read-only token may only GET", "forbidden")
     return role

@@ -21,18 +21,27 @@ from jobpub.db.web import (
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 
 PROBLEM_JSON = "application/problem+json"
-# `type` names the kind of problem; "about:blank" (RFC 9457, 4.2.1) where the status says it.
-TYPE_BASE = "https://jobpub.invalid/problems/"
+# `type` names the kind of problem: a URN (no page to dereference; RFC 9457, 3.1.1 allows
+# any URI), or "about:blank" (4.2.1) where the status says it all.
+TYPE_BASE = "urn:jobpub:problem:"
 
 
 class Problem(Exception):
     """Raise to answer with a problem document."""
 
-    def __init__(self, status: int, detail: str, kind: str = "about:blank", **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        kind: str = "about:blank",
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.kind = kind
+        self.headers = headers
         self.extra = extra
 
 
@@ -78,7 +87,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.detail, exc.kind, **exc.extra)
+        return problem_response(exc.status, exc.detail, exc.kind, exc.headers, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
