@@ -8,7 +8,8 @@ source scripts/lib/services.sh
 PGURL="${JOBPUB_TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
 
 say "system packages"
-install_missing mosquitto mosquitto-clients postgresql docker-compose python3-venv pgbouncer prometheus
+install_missing mosquitto mosquitto-clients postgresql docker-compose python3-venv pgbouncer prometheus \
+    chromium chromium-driver
 
 say "PostgreSQL"
 start_postgres "$PGURL"
@@ -19,7 +20,7 @@ start_system_mosquitto
 say "virtualenv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev,bench]'
+.venv/bin/python -m pip install -q -e '.[dev,bench,web]'
 export PATH="$PWD/.venv/bin:$PATH"
 
 # One command per line: `set -e` ignores a failure on the left of `&&`, which let a

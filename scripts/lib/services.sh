@@ -26,6 +26,8 @@ package_missing() {
         pgbouncer) ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ] ;;
         python3-venv) ! python3 -c 'import ensurepip, venv' 2>/dev/null ;;
         prometheus) ! command -v promtool >/dev/null ;;
+        chromium) [ ! -x /usr/bin/chromium ] ;;  # the browser tests use this path
+        chromium-driver) [ ! -x /usr/bin/chromedriver ] ;;
         *) ! command -v "$1" >/dev/null ;;
     esac
 }

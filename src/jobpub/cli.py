@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 
 import structlog
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from jobpub import __version__, app, logs, migrations
 from jobpub.db.admin import migrate, requeue
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     resume_parser = commands.add_parser("resume", help="publish a paused filter's rows again")
     resume_parser.add_argument("filter", metavar="FILTER")
     commands.add_parser("pauses", help="list the paused topic filters")
+    commands.add_parser(
+        "web", help="serve the dashboard and REST API (needs `pip install 'jobpub[web]'`)"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "requeue" and not args.ids and not args.all:
         parser.error("requeue: give job ids, or --all for every dead job")
+    if args.command == "web":
+        return _web(settings)  # its server runs its own event loop
     return asyncio.run(_command(settings, args))
 
 
@@ -93,6 +98,33 @@ async def _command(settings: Settings, args: argparse.Namespace) -> int:
         return await _pauses(settings, args.command, getattr(args, "filter", ""),
                              getattr(args, "reason", None))  # fmt: skip
     return await app.run(settings)
+
+
+def _web(settings: Settings) -> int:
+    # Imported here, only for this command: `jobpub run` never loads the web extra.
+    try:
+        from jobpub.web.config import WebConfig, bind_refusal  # noqa: PLC0415
+        from jobpub.web.server import serve  # noqa: PLC0415
+    except ImportError as exc:
+        print(f"jobpub: web: {exc.name} is missing; pip install 'jobpub[web]'", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+
+    def secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    config = WebConfig(
+        database_url=settings.database_url.get_secret_value(),
+        host=settings.web_host,
+        port=settings.web_port,
+        token=secret(settings.web_token),
+        readonly_token=secret(settings.web_readonly_token),
+        topic_prefixes=settings.allowed_topic_prefixes,
+    )
+    refusal = bind_refusal(config)
+    if refusal:
+        print(f"jobpub: invalid settings: {refusal}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    return serve(config)
 
 
 def _duration(text: str) -> timedelta:

@@ -223,6 +223,13 @@ class Settings(BaseSettings):
     # look into them); 0 keeps them forever. Seconds, as every duration setting here.
     retention: Annotated[float, Field(ge=0, le=100 * 365 * 86400)] = 7 * 86400.0
     dead_retention: Annotated[float, Field(ge=0, le=100 * 365 * 86400)] = 30 * 86400.0
+    # `jobpub web` (docs/web.md): where the dashboard and REST API listen, and the
+    # Bearer tokens they take. Without JOBPUB_WEB_TOKEN the server runs without
+    # authentication and therefore binds 127.0.0.1 only; the read-only token may only GET.
+    web_host: str = "127.0.0.1"
+    web_port: Annotated[int, Field(ge=0, le=65535)] = 8081
+    web_token: Annotated[SecretStr, Field(min_length=16)] | None = None
+    web_readonly_token: Annotated[SecretStr, Field(min_length=16)] | None = None
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,89 @@
+"""GET /api/stats: the queue at a glance, cheap on a table of millions of rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from jobpub.db.web import Count, MinuteStats, Stats
+from jobpub.web.deps import Store
+
+router = APIRouter(tags=["stats"])
+
+
+class CountOut(BaseModel):
+    value: int
+    exact: bool = Field(
+        description="false: at least `value` (counting stopped there), or an estimate"
+    )
+
+
+class MinuteOut(BaseModel):
+    minute_start: datetime
+    published: int
+    published_per_s: float
+    max_lag_s: float | None
+    dead: int
+    due_backlog: int
+
+
+class StatsOut(BaseModel):
+    counts: dict[str, CountOut] = Field(
+        description="jobs by state: pending, due (pending and due now), published, dead"
+    )
+    oldest_due_age_s: float | None = Field(description="how late the oldest due job is")
+    published_per_s: float = Field(description="mean over the last `rate_window_s`")
+    rate_window_s: int
+    schedules: int
+    schedules_enabled: int
+    measured_at: datetime
+    last_hour: list[MinuteOut] | None = None
+
+
+def count_out(count: Count) -> CountOut:
+    return CountOut(value=count.value, exact=count.exact)
+
+
+def minute_out(minute: MinuteStats) -> MinuteOut:
+    return MinuteOut(
+        minute_start=minute.minute_start,
+        published=minute.published,
+        published_per_s=round(minute.published / 60, 3),
+        max_lag_s=minute.max_lag_s,
+        dead=minute.dead,
+        due_backlog=minute.due_backlog,
+    )
+
+
+RATE_MINUTES = 5
+
+
+def stats_out(stats: Stats, history: list[MinuteStats], *, with_history: bool) -> StatsOut:
+    # The last complete minutes: the current one has only just begun.
+    complete = history[-RATE_MINUTES - 1 : -1] if len(history) > 1 else []
+    rate = sum(m.published for m in complete) / (60 * len(complete)) if complete else 0.0
+    return StatsOut(
+        counts={
+            "pending": count_out(stats.pending),
+            "due": count_out(stats.due),
+            "published": count_out(stats.published),
+            "dead": count_out(stats.dead),
+        },
+        oldest_due_age_s=stats.oldest_due_age_s,
+        published_per_s=round(rate, 3),
+        rate_window_s=60 * len(complete),
+        schedules=stats.schedules,
+        schedules_enabled=stats.schedules_enabled,
+        measured_at=stats.measured_at,
+        last_hour=[minute_out(m) for m in history] if with_history else None,
+    )
+
+
+@router.get("/stats", response_model=StatsOut)
+async def get_stats(store: Store, history: bool = False) -> StatsOut:
+    """Counts by state, the due backlog's age, the publish rate; `?history=true` adds
+    the last hour minute by minute."""
+    minutes = 60 if history else RATE_MINUTES + 1
+    return stats_out(await store.stats(), await store.history(minutes), with_history=history)
