@@ -79,6 +79,8 @@ def seed(sql: psycopg.Connection[tuple[Any, ...]]) -> dict[str, int]:
 
 
 def text(browser: webdriver.Chrome, element_id: str) -> str:
+    """The element's text, once the page that has it has loaded (a click returns before)."""
+    wait_until(lambda: bool(browser.find_elements(By.ID, element_id)), 10, f"#{element_id}")
     return str(browser.find_element(By.ID, element_id).text)
 
 
