@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from testbed.waiting import wait_until
@@ -79,9 +80,19 @@ def seed(sql: psycopg.Connection[tuple[Any, ...]]) -> dict[str, int]:
 
 
 def text(browser: webdriver.Chrome, element_id: str) -> str:
-    """The element's text, once the page that has it has loaded (a click returns before)."""
-    wait_until(lambda: bool(browser.find_elements(By.ID, element_id)), 10, f"#{element_id}")
-    return str(browser.find_element(By.ID, element_id).text)
+    """The element's text, once the page that has it has loaded (a click returns before),
+    read again if a live update replaced the element while it was being read."""
+    seen: list[str] = []
+
+    def read() -> bool:
+        try:
+            seen.append(str(browser.find_element(By.ID, element_id).text))
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+        return True
+
+    wait_until(read, 10, f"#{element_id}")
+    return seen[-1]
 
 
 def log_in(browser: webdriver.Chrome, web: str) -> None:
