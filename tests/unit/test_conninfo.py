@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
@@ -149,10 +149,13 @@ _SECRETS = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_
 @given(password=_SECRETS)
 def test_any_url_password_is_redacted(password: str) -> None:
     encoded = quote(password, safe="")
-    for text in (
-        f"postgresql://app:{encoded}@h1,h2:5433/jobs?sslmode=prefer",
-        f"postgresql://app@db/jobs?password={encoded}&sslmode=prefer",
+    for template in (
+        "postgresql://app:{}@h1,h2:5433/jobs?sslmode=prefer",
+        "postgresql://app@db/jobs?password={}&sslmode=prefer",
     ):
+        # A password such as "postgres" may also spell part of the URL around it.
+        assume(encoded not in template.format(REDACTED))
+        text = template.format(encoded)
         check_conninfo(text)
         redacted = redact_conninfo(text)
         assert encoded not in redacted
