@@ -1,9 +1,10 @@
 """The statements of `jobpub web` (REST API and dashboard), and the store that runs them.
 
 Lists page by keyset on (fire_at, id), never OFFSET, and nothing counts a whole table:
-counts are exact up to COUNT_CAP rows and labelled "at least" beyond, the table's size
-is the planner's estimate. A state is derived from the delivery columns as the claim
-reads them (published = processed; dead = failed_at set; pending = neither).
+counts are exact up to jobpub.db.stats.COUNT_CAP rows and labelled "at least" beyond,
+the table's size is the planner's estimate. A state is derived from the delivery
+columns as the claim reads them (published = processed; dead = failed_at set;
+pending = neither).
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, LiteralString
 
-import psycopg
 from psycopg import errors as pg_errors
-from psycopg.rows import class_row, dict_row
+from psycopg.rows import class_row
 
+from jobpub.db import producer
 from jobpub.db.database import Connection, Database, DatabaseConfig, database_errors
+from jobpub.db.producer import REFUSED, JobConflict, JobNotFound, NewJob, Refused, first_line
+from jobpub.db.stats import Count, Stats, read_stats
 from jobpub.errors import DatabaseError
 
-# A count reads at most this many index entries or rows; past it the API says "at least".
-COUNT_CAP: Final = 100_000
+# Shared with jobpub.client and the CLI (jobpub.db.producer, jobpub.db.stats); jobpub.web
+# imports them from here too. Listed so mypy's strict no_implicit_reexport sees them
+# exported; this module's own names need no listing.
+__all__ = ["Count", "JobConflict", "JobNotFound", "NewJob", "Refused", "Stats"]
 
 # The columns every job answer carries, with the state derived as the claim sees it.
 # Each list statement below repeats them whole.
@@ -112,46 +117,6 @@ SELECT id, topic, payload, qos, retain, fire_at,
 FROM jobs WHERE id = %(id)s
 """
 
-# The seed's INSERT with the optional delivery columns; fire_at from the database clock
-# when a delay is given, so "in 30 s" means 30 s by the clock the claim judges due by.
-ADD_JOB: Final[LiteralString] = """
-INSERT INTO jobs (topic, payload, fire_at, qos, retain)
-VALUES (%(topic)s, %(payload)s,
-        coalesce(%(fire_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
-        %(qos)s, %(retain)s)
-RETURNING id
-"""
-
-# Reschedule a pending row. SKIP LOCKED: a row a replica holds is being published now,
-# and the answer is a conflict at once, not a wait for the broker's ack. The fire_at
-# update trigger wakes the replicas; a retry's backoff is dropped with the new time.
-RESCHEDULE_JOB: Final[LiteralString] = """
-UPDATE jobs
-SET fire_at = coalesce(%(fire_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
-    next_attempt_at = NULL
-WHERE id = (SELECT id FROM jobs
-            WHERE id = %(id)s AND NOT processed AND failed_at IS NULL
-            FOR UPDATE SKIP LOCKED)
-RETURNING id
-"""
-
-# Cancel a pending row: delete it, unless a replica holds it (SKIP LOCKED, as above).
-CANCEL_JOB: Final[LiteralString] = """
-DELETE FROM jobs
-WHERE id = (SELECT id FROM jobs
-            WHERE id = %(id)s AND NOT processed AND failed_at IS NULL
-            FOR UPDATE SKIP LOCKED)
-RETURNING id
-"""
-
-# Why a reschedule or cancel touched nothing: no such row, settled, or held by a replica
-# (a row lock test that waits for nothing).
-JOB_CONFLICT: Final[LiteralString] = """
-SELECT CASE WHEN processed THEN 'published' WHEN failed_at IS NOT NULL THEN 'dead'
-            ELSE 'pending' END AS state
-FROM jobs WHERE id = %(id)s
-"""
-
 # Requeue dead rows: those of `ids`, or those matching the filter, at most `limit` per
 # call so one request never rewrites an unbounded number of rows. The same reset as
 # `jobpub requeue` (jobpub.db.queries.REQUEUE_DEAD); NOTIFY wakes the replicas.
@@ -171,28 +136,6 @@ WHERE id IN (
 RETURNING id
 """
 NOTIFY_CHANGED: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
-
-# The overview's numbers in one round trip. Pending counts walk the partial index
-# jobs_pending_fire_at_idx and stop at the cap; the oldest due row is its first entry.
-# Dead rows have no index of their own: capped too. The table's size is the planner's
-# estimate (reltuples, -1 before the first ANALYZE), so "published" is approximate.
-STATS: Final[LiteralString] = """
-SELECT
-    (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE NOT processed AND failed_at IS NULL
-                           LIMIT %(cap)s) AS capped) AS pending,
-    (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE NOT processed AND failed_at IS NULL
-                             AND fire_at <= now() LIMIT %(cap)s) AS capped) AS due,
-    (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE failed_at IS NOT NULL AND NOT processed
-                           LIMIT %(cap)s) AS capped) AS dead,
-    (SELECT extract(epoch FROM now() - fire_at)::float8 FROM jobs
-     WHERE NOT processed AND failed_at IS NULL AND fire_at <= now()
-     ORDER BY fire_at, id LIMIT 1) AS oldest_due_age_s,
-    (SELECT greatest(reltuples, 0)::bigint FROM pg_class
-     WHERE oid = to_regclass('jobs')) AS total_estimate,
-    (SELECT count(*) FROM schedules) AS schedules,
-    (SELECT count(*) FROM schedules WHERE enabled) AS schedules_enabled,
-    now() AS measured_at
-"""
 
 # The last hour minute by minute, from the rows themselves: published per minute and
 # their worst lag (processed_at - fire_at), dead per minute, and the due backlog at the
@@ -279,40 +222,12 @@ class JobPage:
 
 
 @dataclass(frozen=True, slots=True)
-class NewJob:
-    topic: str
-    payload: str = ""
-    fire_at: datetime | None = None  # or `delay` seconds from the database's now()
-    delay: float = 0.0
-    qos: int = 1
-    retain: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class DeadFilter:
     ids: list[int] | None = None
     topic: str | None = None
     failed_after: datetime | None = None
     failed_before: datetime | None = None
     limit: int = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    value: int
-    exact: bool  # False: at least `value` (the count stopped at COUNT_CAP), or an estimate
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    pending: Count
-    due: Count
-    dead: Count
-    published: Count  # the table's estimated size less pending and dead: never exact
-    oldest_due_age_s: float | None
-    schedules: int
-    schedules_enabled: int
-    measured_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,28 +239,12 @@ class MinuteStats:
     due_backlog: int
 
 
-class JobNotFound(DatabaseError):
-    """No job has that id."""
-
-
-class JobConflict(DatabaseError):
-    """The job is not in a state that allows the change (settled, or being published)."""
-
-    def __init__(self, message: str, state: str) -> None:
-        super().__init__(message)
-        self.state = state
-
-
 class ScheduleNotFound(DatabaseError):
     """No schedule has that name."""
 
 
 class ScheduleConflict(DatabaseError):
     """A schedule of that name exists already."""
-
-
-class Refused(DatabaseError):
-    """The database's checks refused the values (a constraint or trigger): the caller's to fix."""
 
 
 # One schedule, or all, with the next pending row (jobs_schedule_occurrence_idx).
@@ -429,35 +328,15 @@ class ScheduleDetail:
     next_fire_at: datetime | None
 
 
-_REFUSED = (
-    pg_errors.CheckViolation,
-    pg_errors.NotNullViolation,
-    pg_errors.InvalidTextRepresentation,
-    pg_errors.InvalidDatetimeFormat,
-    pg_errors.DatetimeFieldOverflow,
-    pg_errors.IntervalFieldOverflow,
-    pg_errors.NumericValueOutOfRange,
-    pg_errors.StringDataRightTruncation,
-    pg_errors.CharacterNotInRepertoire,
-    pg_errors.UntranslatableCharacter,
-)
-
-
 @contextlib.contextmanager
 def _refusals(action: str) -> Iterator[None]:
     """A constraint the values broke is the caller's to fix (Refused, its first line)."""
     try:
         yield
     except pg_errors.UniqueViolation as exc:
-        raise ScheduleConflict(f"{action}: {_first_line(exc)}") from exc
-    except _REFUSED as exc:
-        raise Refused(_first_line(exc)) from exc
-
-
-def _first_line(exc: psycopg.Error) -> str:
-    diag = exc.diag
-    message = (diag.message_primary or str(exc)).strip().splitlines()[0]
-    return f"{message} ({diag.message_hint})" if diag.message_hint else message
+        raise ScheduleConflict(f"{action}: {first_line(exc)}") from exc
+    except REFUSED as exc:
+        raise Refused(first_line(exc)) from exc
 
 
 class WebStore:
@@ -521,45 +400,20 @@ class WebStore:
         return job
 
     async def add_job(self, job: NewJob) -> JobRecord:
-        params = {
-            "topic": job.topic,
-            "payload": job.payload,
-            "fire_at": job.fire_at,
-            "delay": job.delay,
-            "qos": job.qos,
-            "retain": job.retain,
-        }
         async with self._connection("adding a job") as connection:
-            row = await (await connection.execute(ADD_JOB, params)).fetchone()
-        assert row is not None  # noqa: S101 - INSERT … RETURNING returns the row
-        return await self.get_job(int(row[0]))
+            job_id = await producer.add_job(connection, job)
+        return await self.get_job(job_id)
 
     async def reschedule_job(
         self, job_id: int, fire_at: datetime | None, delay: float
     ) -> JobRecord:
-        params = {"id": job_id, "fire_at": fire_at, "delay": delay}
         async with self._connection(f"rescheduling job {job_id}") as connection:
-            row = await (await connection.execute(RESCHEDULE_JOB, params)).fetchone()
-            if row is None:
-                await self._raise_conflict(connection, job_id, "rescheduled")
+            await producer.reschedule_job(connection, job_id, fire_at, delay)
         return await self.get_job(job_id)
 
     async def cancel_job(self, job_id: int) -> None:
         async with self._connection(f"cancelling job {job_id}") as connection:
-            row = await (await connection.execute(CANCEL_JOB, {"id": job_id})).fetchone()
-            if row is None:
-                await self._raise_conflict(connection, job_id, "cancelled")
-
-    async def _raise_conflict(self, connection: Connection, job_id: int, verb: str) -> None:
-        row = await (await connection.execute(JOB_CONFLICT, {"id": job_id})).fetchone()
-        if row is None:
-            raise JobNotFound(f"no job has id {job_id}")
-        state = str(row[0])
-        if state == "pending":
-            raise JobConflict(
-                f"job {job_id} is being published right now and cannot be {verb}", state
-            )
-        raise JobConflict(f"job {job_id} is {state}, no longer pending: not {verb}", state)
+            await producer.cancel_job(connection, job_id)
 
     async def requeue_dead(self, wanted: DeadFilter) -> list[int]:
         params = {
@@ -585,29 +439,8 @@ class WebStore:
         return await self.get_job(job_id)
 
     async def stats(self) -> Stats:
-        async with (
-            self._connection("reading stats") as connection,
-            connection.cursor(row_factory=dict_row) as cursor,
-        ):
-            await cursor.execute(STATS, {"cap": COUNT_CAP})
-            row = await cursor.fetchone()
-        assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
-
-        def capped(value: int) -> Count:
-            return Count(int(value), exact=int(value) < COUNT_CAP)
-
-        pending, dead = capped(row["pending"]), capped(row["dead"])
-        published = max(0, int(row["total_estimate"]) - pending.value - dead.value)
-        return Stats(
-            pending=pending,
-            due=capped(row["due"]),
-            dead=dead,
-            published=Count(published, exact=False),
-            oldest_due_age_s=row["oldest_due_age_s"],
-            schedules=int(row["schedules"]),
-            schedules_enabled=int(row["schedules_enabled"]),
-            measured_at=row["measured_at"],
-        )
+        async with self._connection("reading stats") as connection:
+            return await read_stats(connection)
 
     async def history(self, minutes: int = 60) -> list[MinuteStats]:
         async with (
