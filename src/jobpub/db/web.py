@@ -194,6 +194,9 @@ SELECT
     now() AS measured_at
 """
 
+# The delivery probe's last hour (sql/0015_delivery_probes.sql): no rows when it is off.
+PROBE_STATUS: Final[LiteralString] = "SELECT * FROM latest_probe_status(interval '1 hour')"
+
 # The last hour minute by minute, from the rows themselves: published per minute and
 # their worst lag (processed_at - fire_at), dead per minute, and the due backlog at the
 # end of each minute. Each row is read once and lands in its minute (no row-by-bucket
@@ -313,6 +316,17 @@ class Stats:
     schedules: int
     schedules_enabled: int
     measured_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeStatus:
+    """The delivery probe over the last hour (JOBPUB_PROBE_TOPIC; all empty when off)."""
+
+    last_fire_at: datetime | None
+    last_received_at: datetime | None
+    last_latency_s: float | None
+    received: int
+    missing: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,6 +622,16 @@ class WebStore:
             schedules_enabled=int(row["schedules_enabled"]),
             measured_at=row["measured_at"],
         )
+
+    async def probe_status(self) -> ProbeStatus:
+        async with (
+            self._connection("reading the delivery probe") as connection,
+            connection.cursor(row_factory=class_row(ProbeStatus)) as cursor,
+        ):
+            await cursor.execute(PROBE_STATUS)
+            status = await cursor.fetchone()
+        assert status is not None  # noqa: S101 - the function returns one row
+        return status
 
     async def history(self, minutes: int = 60) -> list[MinuteStats]:
         async with (
