@@ -3,6 +3,7 @@ jobs, one elected replica receives them, and an ACL that drops them shows as mis
 
 from __future__ import annotations
 
+import io
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from jobpub.metrics import Metrics
 from jobpub.mqtt import PROTOCOL_V5, PROTOCOL_V311, InboundMessage, Message, MqttConnection
 from testbed.broker import Broker, start_broker
 from testbed.daemon import make_settings, running
-from testbed.waiting import eventually
+from testbed.waiting import eventually, logged
+from tests.integration.test_security import login_role
 
 FAST = {"probe_interval": 1.0, "probe_timeout": 1.5}
 
@@ -154,3 +156,20 @@ async def test_a_paused_probe_is_late_not_missing(db_url: str, broker: Broker) -
         assert sample(metrics, "jobpub_probe_subscriber") == 1
         assert sample(metrics, "jobpub_probes_missing_total") == 0
     assert await scalar(db_url, "SELECT count(*) FROM jobs WHERE state <> 'pending'") == 0
+
+
+async def test_the_probe_runs_as_the_least_privileged_role(
+    db_url: str, db: psycopg.AsyncConnection[tuple[object, ...]], broker: Broker,
+    info_logs: io.StringIO,
+) -> None:  # fmt: skip
+    topic = f"t{uuid.uuid4().hex[:10]}/probe"
+    async with login_role(db, db_url, "IN ROLE jobpub_daemon") as (_, as_daemon):
+        settings = make_settings(as_daemon, broker.url, probe_topic=topic, **FAST)
+        async with running(settings) as metrics:
+            await eventually(
+                lambda: sample(metrics, "jobpub_probe_latency_seconds_count") >= 2, 20, "2 probes"
+            )
+            # A sweep for missing probes (and the day's clean-up) ran as the daemon too.
+            await eventually(logged(info_logs, '"probe_subscribed"'), 5, "subscribed")
+    assert "probe_subscriber_failed" not in info_logs.getvalue()
+    assert "probe_schedule" not in info_logs.getvalue()
