@@ -134,6 +134,23 @@ class Metrics:
         self.broker_disconnects = Counter(
             "jobpub_broker_disconnects", "Broker connections lost while running.", registry=r
         )
+        # The delivery probe (JOBPUB_PROBE_TOPIC): only the elected subscriber observes.
+        self.probe_latency = Histogram(
+            "jobpub_probe_latency_seconds",
+            "Delivery probe: from its fire_at to its arrival at the subscriber (database clock).",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.probes_missing = Counter(
+            "jobpub_probes_missing",
+            "Delivery probes published (or refused) that did not arrive within the timeout.",
+            registry=r,
+        )
+        self.probe_subscriber = Gauge(
+            "jobpub_probe_subscriber",
+            "1 while this replica is the elected probe subscriber and subscribed.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -34,6 +34,7 @@ from jobpub.mqtt import (
     MqttConnection,
     MqttError,
     NoConnAck,
+    OnMessage,
     ProtocolVersionRefused,
     PublishProperties,
     Result,
@@ -302,12 +303,21 @@ class MqttPublisher:
             retry_in_s=retry_in_s, **extra,
         )  # fmt: skip
 
-    def _new_connection(self) -> MqttConnection:
+    def subscriber_connection(self, on_message: OnMessage) -> MqttConnection:
+        """A second connection to the same broker, as the same user and in the protocol
+        this publisher speaks now, for a subscription (the delivery probe's): a client id
+        of its own, so it never takes over the publishing session."""
+        return self._new_connection(f"{self._config.client_id}-sub", on_message)
+
+    def _new_connection(
+        self, client_id: str | None = None, on_message: OnMessage | None = None
+    ) -> MqttConnection:
         config = self._config
         return MqttConnection(
             config.host,
             config.port,
-            client_id=config.client_id,
+            client_id=client_id or config.client_id,
+            on_message=on_message,
             protocol=self._version,
             username=config.username,
             password=config.password,

@@ -301,7 +301,7 @@ async def test_a_row_added_by_the_client_is_published_with_its_properties(
             await client.add_async(aconn, props.topic("raw"), bytes(range(256)))
             await aconn.commit()
         async with running(make_settings(db_url, broker.url)):
-            seen = await props.wait_for(2)
+            seen = await props.properties_of(2)
     text, raw = seen["text"], seen["raw"]
     assert text.payload == b'{"open": true}'
     assert text.content_type == "application/json"

@@ -137,6 +137,9 @@ RETURNING id
 """
 NOTIFY_CHANGED: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
 
+# The delivery probe's last hour (sql/0015_delivery_probes.sql): no rows when it is off.
+PROBE_STATUS: Final[LiteralString] = "SELECT * FROM latest_probe_status(interval '1 hour')"
+
 # The last hour minute by minute, from the rows themselves: published per minute and
 # their worst lag (processed_at - fire_at), dead per minute, and the due backlog at the
 # end of each minute. Each row is read once and lands in its minute (no row-by-bucket
@@ -228,6 +231,17 @@ class DeadFilter:
     failed_after: datetime | None = None
     failed_before: datetime | None = None
     limit: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeStatus:
+    """The delivery probe over the last hour (JOBPUB_PROBE_TOPIC; all empty when off)."""
+
+    last_fire_at: datetime | None
+    last_received_at: datetime | None
+    last_latency_s: float | None
+    received: int
+    missing: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +455,16 @@ class WebStore:
     async def stats(self) -> Stats:
         async with self._connection("reading stats") as connection:
             return await read_stats(connection)
+
+    async def probe_status(self) -> ProbeStatus:
+        async with (
+            self._connection("reading the delivery probe") as connection,
+            connection.cursor(row_factory=class_row(ProbeStatus)) as cursor,
+        ):
+            await cursor.execute(PROBE_STATUS)
+            status = await cursor.fetchone()
+        assert status is not None  # noqa: S101 - the function returns one row
+        return status
 
     async def history(self, minutes: int = 60) -> list[MinuteStats]:
         async with (

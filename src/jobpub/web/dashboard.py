@@ -153,6 +153,7 @@ async def _overview(store: WebStore) -> dict[str, Any]:
         "stats": stats,
         "rate": rate,
         "last_lag": last_lag,
+        "probe": await store.probe_status(),
         "charts": {
             "rate": sparkline([m.published / 60 for m in history], "published per second"),
             "backlog": sparkline([m.due_backlog for m in history], "due backlog"),

@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from jobpub.db.web import Count, MinuteStats, Stats
+from jobpub.db.web import Count, MinuteStats, ProbeStatus, Stats
 from jobpub.web.deps import Store
 
 router = APIRouter(tags=["stats"])
@@ -29,6 +29,26 @@ class MinuteOut(BaseModel):
     due_backlog: int
 
 
+class ProbeOut(BaseModel):
+    """The end-to-end delivery probe over the last hour (docs/reliability.md)."""
+
+    last_received_at: datetime | None = Field(description="when the last probe arrived")
+    last_latency_s: float | None = Field(description="that probe's fire_at to its arrival")
+    received: int = Field(description="probes received in the last hour")
+    missing: int = Field(
+        description="probes of the last hour published (or refused) and never received in time"
+    )
+
+
+def probe_out(status: ProbeStatus) -> ProbeOut:
+    return ProbeOut(
+        last_received_at=status.last_received_at,
+        last_latency_s=status.last_latency_s,
+        received=status.received,
+        missing=status.missing,
+    )
+
+
 class StatsOut(BaseModel):
     counts: dict[str, CountOut] = Field(
         description="jobs by state: pending, due (pending and due now), published, dead"
@@ -40,6 +60,9 @@ class StatsOut(BaseModel):
     schedules_enabled: int
     measured_at: datetime
     last_hour: list[MinuteOut] | None = None
+    probe: ProbeOut | None = Field(
+        default=None, description="the delivery probe (JOBPUB_PROBE_TOPIC); zeros when off"
+    )
 
 
 def count_out(count: Count) -> CountOut:
@@ -86,4 +109,6 @@ async def get_stats(store: Store, history: bool = False) -> StatsOut:
     """Counts by state, the due backlog's age, the publish rate; `?history=true` adds
     the last hour minute by minute."""
     minutes = 60 if history else RATE_MINUTES + 1
-    return stats_out(await store.stats(), await store.history(minutes), with_history=history)
+    out = stats_out(await store.stats(), await store.history(minutes), with_history=history)
+    out.probe = probe_out(await store.probe_status())
+    return out
