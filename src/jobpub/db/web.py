@@ -2,8 +2,9 @@
 
 Lists page by keyset on (fire_at, id), never OFFSET, and nothing counts a whole table:
 counts are exact up to COUNT_CAP rows and labelled "at least" beyond, the table's size
-is the planner's estimate. A state is derived from the delivery columns as the claim
-reads them (published = processed; dead = failed_at set; pending = neither).
+is the planner's estimate. A list by state filters on the delivery columns as the claim
+reads them (published = processed; expired = processed with expired_at; dead = failed_at
+set; pending = neither), so it uses the claim's indexes.
 """
 
 from __future__ import annotations
@@ -17,22 +18,28 @@ from typing import Any, Final, LiteralString
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import class_row, dict_row
+from psycopg.types.json import Jsonb
 
+from jobpub.db import pauses
 from jobpub.db.database import Connection, Database, DatabaseConfig, database_errors
 from jobpub.errors import DatabaseError
 
 # A count reads at most this many index entries or rows; past it the API says "at least".
 COUNT_CAP: Final = 100_000
 
-# The columns every job answer carries, with the state derived as the claim sees it.
-# Each list statement below repeats them whole.
+# The columns every job answer carries; `state` is the column the version 10 trigger keeps
+# right. Each list statement below repeats them whole; a list carries the first 200
+# characters of a text payload or the first 150 bytes of a binary one, and the size.
 
 # Pending rows in claim order: jobs_pending_fire_at_idx (fire_at, id) serves the filter,
 # the order and the keyset cursor, so a page reads `limit + 1` index entries.
 LIST_PENDING_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       'pending' AS state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs
 WHERE NOT processed AND failed_at IS NULL
   AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
@@ -47,9 +54,12 @@ LIMIT %(limit)s
 # Dead rows (few, as a rule) in fire_at order; no index holds only them, so on a large
 # table this reads the heap until a page is found.
 LIST_DEAD_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       'dead' AS state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs
 WHERE failed_at IS NOT NULL AND NOT processed
   AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
@@ -63,11 +73,33 @@ LIMIT %(limit)s
 
 # Published rows in fire_at order (the same keyset as the other states).
 LIST_PUBLISHED_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       'published' AS state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs
-WHERE processed
+WHERE processed AND expired_at IS NULL
+  AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
+  AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
+  AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
+  AND (%(cursor_fire_at)s::timestamptz IS NULL
+       OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
+ORDER BY fire_at, id
+LIMIT %(limit)s
+"""
+
+# Rows that expired unsent (processed, with expired_at), in fire_at order.
+LIST_EXPIRED_JOBS: Final[LiteralString] = """
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
+FROM jobs
+WHERE processed AND expired_at IS NOT NULL
   AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
   AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
   AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
@@ -79,11 +111,12 @@ LIMIT %(limit)s
 
 # Every row, whatever its state, in fire_at order.
 LIST_ALL_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       CASE WHEN processed THEN 'published' WHEN failed_at IS NOT NULL THEN 'dead'
-            ELSE 'pending' END AS state,
-       attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs
 WHERE (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
   AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
@@ -98,27 +131,31 @@ _LISTS: Final[dict[str | None, LiteralString]] = {
     "pending": LIST_PENDING_JOBS,
     "dead": LIST_DEAD_JOBS,
     "published": LIST_PUBLISHED_JOBS,
+    "expired": LIST_EXPIRED_JOBS,
     None: LIST_ALL_JOBS,
 }
-STATES: Final = ("pending", "published", "dead")
+STATES: Final = ("pending", "published", "dead", "expired")
 
 # One job by its primary key, the whole payload.
 GET_JOB: Final[LiteralString] = """
-SELECT id, topic, payload, qos, retain, fire_at,
-       CASE WHEN processed THEN 'published' WHEN failed_at IS NOT NULL THEN 'dead'
-            ELSE 'pending' END AS state,
-       attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, payload, payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs WHERE id = %(id)s
 """
 
 # The seed's INSERT with the optional delivery columns; fire_at from the database clock
 # when a delay is given, so "in 30 s" means 30 s by the clock the claim judges due by.
 ADD_JOB: Final[LiteralString] = """
-INSERT INTO jobs (topic, payload, fire_at, qos, retain)
+INSERT INTO jobs (topic, payload, fire_at, qos, retain, expires_at, dedupe_key,
+                  payload_bytes, content_type, user_properties, response_topic,
+                  correlation_data)
 VALUES (%(topic)s, %(payload)s,
         coalesce(%(fire_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
-        %(qos)s, %(retain)s)
+        %(qos)s, %(retain)s, %(expires_at)s, %(dedupe_key)s, %(payload_bytes)s,
+        %(content_type)s, %(user_properties)s, %(response_topic)s, %(correlation_data)s)
 RETURNING id
 """
 
@@ -176,6 +213,7 @@ NOTIFY_CHANGED: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
 # jobs_pending_fire_at_idx and stop at the cap; the oldest due row is its first entry.
 # Dead rows have no index of their own: capped too. The table's size is the planner's
 # estimate (reltuples, -1 before the first ANALYZE), so "published" is approximate.
+# A replica is live while its heartbeat is younger than JOBPUB_REPLICA_STALE_AFTER.
 STATS: Final[LiteralString] = """
 SELECT
     (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE NOT processed AND failed_at IS NULL
@@ -191,6 +229,9 @@ SELECT
      WHERE oid = to_regclass('jobs')) AS total_estimate,
     (SELECT count(*) FROM schedules) AS schedules,
     (SELECT count(*) FROM schedules WHERE enabled) AS schedules_enabled,
+    (SELECT count(*) FROM pauses) AS pauses,
+    (SELECT count(*) FROM jobpub_replicas
+     WHERE heartbeat_at >= now() - make_interval(secs => %(stale_after)s)) AS replicas_live,
     now() AS measured_at
 """
 
@@ -243,11 +284,13 @@ ORDER BY m.minute
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """A row of `jobs` as the API shows it (the list's payload is its first 200 chars)."""
+    """A row of `jobs` as the API shows it (in a list, the start of the payload)."""
 
     id: int
     topic: str
     payload: str
+    payload_bytes: bytes | None  # a binary payload, published instead of `payload`
+    payload_size: int  # bytes, of whichever payload is published
     qos: int
     retain: bool
     fire_at: datetime
@@ -259,7 +302,13 @@ class JobRecord:
     processed_at: datetime | None
     created_at: datetime
     expires_at: datetime | None
+    expired_at: datetime | None
     schedule_name: str | None
+    dedupe_key: str | None
+    content_type: str | None
+    user_properties: dict[str, str] | None
+    response_topic: str | None
+    correlation_data: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +335,13 @@ class NewJob:
     delay: float = 0.0
     qos: int = 1
     retain: bool = False
+    expires_at: datetime | None = None
+    dedupe_key: str | None = None
+    payload_bytes: bytes | None = None  # instead of `payload`, which stays ''
+    content_type: str | None = None
+    user_properties: dict[str, str] | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +368,8 @@ class Stats:
     oldest_due_age_s: float | None
     schedules: int
     schedules_enabled: int
+    pauses: int
+    replicas_live: int
     measured_at: datetime
 
 
@@ -344,8 +402,60 @@ class ScheduleConflict(DatabaseError):
     """A schedule of that name exists already."""
 
 
+class DuplicateJob(DatabaseError):
+    """A kept job has the dedupe_key already (jobs_dedupe_key_idx)."""
+
+
+class PauseNotFound(DatabaseError):
+    """No pause has that filter."""
+
+
 class Refused(DatabaseError):
     """The database's checks refused the values (a constraint or trigger): the caller's to fix."""
+
+
+# The job holding a dedupe key (jobs_dedupe_key_idx), for a 409 that names it.
+JOB_BY_DEDUPE_KEY: Final[LiteralString] = """
+SELECT id, state FROM jobs WHERE dedupe_key = %(dedupe_key)s
+"""
+
+# The pauses (few rows), oldest first, with when each began.
+LIST_PAUSES_DETAILED: Final[LiteralString] = """
+SELECT filter, reason, created_at AS paused_at,
+       extract(epoch FROM now() - created_at)::float8 AS paused_for_s
+FROM pauses
+WHERE %(filter)s::text IS NULL OR filter = %(filter)s::text
+ORDER BY created_at, filter
+"""
+
+# The replicas' rows with their heartbeat's age by the database clock. A row older than
+# JOBPUB_REPLICA_STALE_AFTER is a replica gone without a clean stop: live replicas delete
+# such rows, so one stays listed only while no replica runs.
+LIST_REPLICAS: Final[LiteralString] = """
+SELECT id::text AS id, host, version, partition, started_at, heartbeat_at,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s
+FROM jobpub_replicas
+ORDER BY host, started_at, id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRecord:
+    filter: str
+    reason: str | None
+    paused_at: datetime
+    paused_for_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRow:
+    id: str
+    host: str
+    version: str
+    partition: str  # "index/count" of the static partition
+    started_at: datetime
+    heartbeat_at: datetime
+    heartbeat_age_s: float
 
 
 # One schedule, or all, with the next pending row (jobs_schedule_occurrence_idx).
@@ -429,6 +539,8 @@ class ScheduleDetail:
     next_fire_at: datetime | None
 
 
+DEDUPE_KEY_INDEX: Final = "jobs_dedupe_key_idx"
+
 _REFUSED = (
     pg_errors.CheckViolation,
     pg_errors.NotNullViolation,
@@ -449,6 +561,8 @@ def _refusals(action: str) -> Iterator[None]:
     try:
         yield
     except pg_errors.UniqueViolation as exc:
+        if exc.diag.constraint_name == DEDUPE_KEY_INDEX:
+            raise DuplicateJob(f"{action}: a kept job has this dedupe_key already") from exc
         raise ScheduleConflict(f"{action}: {_first_line(exc)}") from exc
     except _REFUSED as exc:
         raise Refused(_first_line(exc)) from exc
@@ -528,6 +642,13 @@ class WebStore:
             "delay": job.delay,
             "qos": job.qos,
             "retain": job.retain,
+            "expires_at": job.expires_at,
+            "dedupe_key": job.dedupe_key,
+            "payload_bytes": job.payload_bytes,
+            "content_type": job.content_type,
+            "user_properties": Jsonb(job.user_properties) if job.user_properties else None,
+            "response_topic": job.response_topic,
+            "correlation_data": job.correlation_data,
         }
         async with self._connection("adding a job") as connection:
             row = await (await connection.execute(ADD_JOB, params)).fetchone()
@@ -584,12 +705,12 @@ class WebStore:
             )
         return await self.get_job(job_id)
 
-    async def stats(self) -> Stats:
+    async def stats(self, replica_stale_after: float) -> Stats:
         async with (
             self._connection("reading stats") as connection,
             connection.cursor(row_factory=dict_row) as cursor,
         ):
-            await cursor.execute(STATS, {"cap": COUNT_CAP})
+            await cursor.execute(STATS, {"cap": COUNT_CAP, "stale_after": replica_stale_after})
             row = await cursor.fetchone()
         assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
 
@@ -606,6 +727,8 @@ class WebStore:
             oldest_due_age_s=row["oldest_due_age_s"],
             schedules=int(row["schedules"]),
             schedules_enabled=int(row["schedules_enabled"]),
+            pauses=int(row["pauses"]),
+            replicas_live=int(row["replicas_live"]),
             measured_at=row["measured_at"],
         )
 
@@ -652,3 +775,44 @@ class WebStore:
             cursor = await connection.execute(DELETE_SCHEDULE, {"name": name})
             if cursor.rowcount == 0:
                 raise ScheduleNotFound(f"no schedule is named {name!r}")
+
+    async def job_by_dedupe_key(self, dedupe_key: str) -> tuple[int, str] | None:
+        """The id and state of the kept job holding `dedupe_key`, if any."""
+        async with self._connection("reading a job by dedupe key") as connection:
+            cursor = await connection.execute(JOB_BY_DEDUPE_KEY, {"dedupe_key": dedupe_key})
+            row = await cursor.fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    async def list_pauses(self, topic_filter: str | None = None) -> list[PauseRecord]:
+        async with (
+            self._connection("listing pauses") as connection,
+            connection.cursor(row_factory=class_row(PauseRecord)) as cursor,
+        ):
+            await cursor.execute(LIST_PAUSES_DETAILED, {"filter": topic_filter})
+            return await cursor.fetchall()
+
+    async def get_pause(self, topic_filter: str) -> PauseRecord:
+        found = await self.list_pauses(topic_filter)
+        if not found:
+            raise PauseNotFound(f"{topic_filter!r} is not paused")
+        return found[0]
+
+    async def pause(self, topic_filter: str, reason: str | None) -> tuple[PauseRecord, bool]:
+        """Pause a filter (InvalidFilter if it is not one); True if it was not paused yet."""
+        async with self._connection(f"pausing {topic_filter!r}") as connection:
+            created = await pauses.pause_on(connection, topic_filter, reason)
+        return await self.get_pause(topic_filter), created
+
+    async def resume(self, topic_filter: str) -> None:
+        """Resume a filter; PauseNotFound if it was not paused."""
+        async with self._connection(f"resuming {topic_filter!r}") as connection:
+            if not await pauses.resume_on(connection, topic_filter):
+                raise PauseNotFound(f"{topic_filter!r} is not paused")
+
+    async def list_replicas(self) -> list[ReplicaRow]:
+        async with (
+            self._connection("listing replicas") as connection,
+            connection.cursor(row_factory=class_row(ReplicaRow)) as cursor,
+        ):
+            await cursor.execute(LIST_REPLICAS)
+            return await cursor.fetchall()
