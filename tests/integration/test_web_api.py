@@ -394,7 +394,7 @@ def test_new_job_fields_are_validated(client: TestClient) -> None:
 def test_pause_list_and_resume_filters_with_wildcards(
     client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
 ) -> None:
-    filters = ["devices/+/valve/#", "#", "/leading", "a//b", "t/lamp"]
+    filters = ["devices/+/valve/#", "#", "/leading", "a//b", "t/lamp", "x/+"]
     for topic_filter in filters:
         paused = client.post("/api/pauses", headers=ADMIN,
                              json={"filter": topic_filter, "reason": "maintenance"})  # fmt: skip
@@ -416,7 +416,7 @@ def test_pause_list_and_resume_filters_with_wildcards(
     assert again.json()["paused_at"] == first["paused_at"]
 
     # In a path: `#` as %23; `/` and `+` as they are or encoded.
-    for path in ("devices/+/valve/%23", "%23", "/leading", "a//b", "t%2Flamp"):
+    for path in ("devices/+/valve/%23", "%23", "/leading", "a//b", "t%2Flamp", "x/%2B"):
         resumed = client.delete(f"/api/pauses/{path}", headers=ADMIN)
         assert resumed.status_code == 204, (path, resumed.text)
     assert sql.execute("SELECT count(*) FROM pauses").fetchone() == (0,)
