@@ -383,6 +383,25 @@ def test_a_binary_payload_and_the_expired_state(
     assert by_state == {"expired": [expired], "published": [done]}
 
 
+def test_a_settled_row_with_unchecked_properties_is_still_shown(
+    db_url: str, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    """Checks exempt settled rows (sql/0010): an adopted dead row may hold any JSON."""
+    odd = insert(
+        sql,
+        "INSERT INTO jobs (topic, payload, failed_at, last_error, user_properties)"
+        " VALUES ('t/odd', 'x', now(), 'old', '[1, {\"n\": 2}]')",
+    )
+    with TestClient(create_app(WebConfig(db_url))) as local:
+        job = local.get(f"/api/jobs/{odd}")
+        assert job.status_code == 200, job.text
+        assert job.json()["properties"]["user_properties"] == [1, {"n": 2}]
+        assert local.get("/api/jobs", params={"state": "dead"}).status_code == 200
+        page = local.get(f"/jobs/{odd}")
+        assert page.status_code == 200
+        assert '<td class="mono">[1, {"n": 2}]</td>' in page.text
+
+
 def test_new_job_fields_are_validated(client: TestClient) -> None:
     soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
     cases: list[tuple[dict[str, Any], str]] = [

@@ -306,7 +306,7 @@ class JobRecord:
     schedule_name: str | None
     dedupe_key: str | None
     content_type: str | None
-    user_properties: dict[str, str] | None
+    user_properties: Any  # JSON: an object of strings, unless the row is settled (unchecked)
     response_topic: str | None
     correlation_data: bytes | None
 

@@ -8,7 +8,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AwareDatetime, Base64Bytes, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    Base64Bytes,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
 
 from jobpub.db.web import DeadFilter, DuplicateJob, JobFilter, JobRecord, NewJob
 from jobpub.web.deps import Config, Store
@@ -29,7 +37,9 @@ class PropertiesOut(BaseModel):
     """MQTT 5 properties published with the job (dropped on a 3.1.1 connection)."""
 
     content_type: str | None
-    user_properties: dict[str, str] | None
+    user_properties: JsonValue = Field(
+        description="an object of strings (a settled row is not checked: it may hold other JSON)"
+    )
     response_topic: str | None
     correlation_data: str | None = Field(description="base64")
 
