@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
+import json
 import sys
 import time
-from datetime import timedelta
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 
 import structlog
 from pydantic import SecretStr, ValidationError
 
-from jobpub import __version__, app, logs, migrations
+from jobpub import __version__, app, client, logs, migrations
 from jobpub.db.admin import migrate, requeue
+from jobpub.db.database import Connection, connect, database_errors
 from jobpub.db.pauses import InvalidFilter, list_pauses, pause, resume
 from jobpub.db.schedules import (
     NewSchedule,
@@ -21,6 +27,7 @@ from jobpub.db.schedules import (
     remove_schedule,
     set_schedule_enabled,
 )
+from jobpub.db.stats import Count, FleetStats, Stats, read_fleet, read_stats
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.scheduling.durations import parse_duration
 from jobpub.scheduling.occurrences import InvalidSchedule, check_cron
@@ -55,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     requeue_parser.add_argument(
         "--all", action="store_true", help="every dead job (required when no ids are given)"
     )
+    _add_job_parsers(commands)
+    stats_parser = commands.add_parser(
+        "stats", help="the queue at a glance: counts, due backlog, rate, replicas, pauses"
+    )
+    stats_parser.add_argument("--json", action="store_true", help="one JSON object")
     _add_schedule_parser(commands)
     pause_parser = commands.add_parser(
         "pause", help="stop publishing rows whose topic matches an MQTT filter ('#': all)"
@@ -92,6 +104,8 @@ async def _command(settings: Settings, args: argparse.Namespace) -> int:
         return await _migrate(settings, args.wait)
     if args.command == "requeue":
         return await _requeue(settings, args.ids or None)
+    if args.command in ("add", "cancel", "reschedule", "stats"):
+        return await _jobs(settings, args)
     if args.command == "schedule":
         return await _schedule(settings.database_url.get_secret_value(), args)
     if args.command in ("pause", "resume", "pauses"):
@@ -141,6 +155,193 @@ def _cron(text: str) -> str:
     except InvalidSchedule as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     return text
+
+
+def _aware_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2026-12-24T18:00:00+01:00)"
+        ) from None
+    if moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no UTC offset; add one (+01:00, Z) so it means one instant"
+        )
+    return moment
+
+
+def _user_property(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals:
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    return key, value
+
+
+def _add_job_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    add = commands.add_parser("add", help="add a job; prints its id")
+    add.add_argument("topic")
+    add.add_argument("payload", help="text published as UTF-8 (see --base64)")
+    _add_when(add, required=False)
+    add.add_argument("--qos", type=int, choices=(0, 1, 2), default=1)
+    add.add_argument("--retain", action="store_true")
+    expiry = add.add_mutually_exclusive_group()
+    expiry.add_argument(
+        "--expires-at", type=_aware_time, help="not published after this (ISO 8601, offset)"
+    )
+    expiry.add_argument(
+        "--expires-in", type=_duration, help="not published after this long from now: 1h"
+    )
+    add.add_argument(
+        "--dedupe-key", help="if a job with this key is kept, print its id, add nothing"
+    )
+    add.add_argument("--base64", action="store_true", help="PAYLOAD is base64 of bytes")
+    add.add_argument("--content-type", help="MQTT 5 content type, e.g. application/json")
+    add.add_argument(
+        "--user-property",
+        type=_user_property,
+        action="append",
+        metavar="KEY=VALUE",
+        help="an MQTT 5 user property (repeatable)",
+    )
+    add.add_argument("--response-topic", help="MQTT 5 response topic")
+    add.add_argument("--correlation-data", help="MQTT 5 correlation data (UTF-8 of this text)")
+    cancel = commands.add_parser("cancel", help="delete a pending job")
+    cancel.add_argument("id", type=int, metavar="ID")
+    reschedule = commands.add_parser("reschedule", help="move a pending job to a new time")
+    reschedule.add_argument("id", type=int, metavar="ID")
+    _add_when(reschedule, required=True)
+
+
+def _add_when(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    when = parser.add_mutually_exclusive_group(required=required)
+    when.add_argument(
+        "--at", type=_aware_time, help="ISO 8601 with an offset: 2026-12-24T18:00:00+01:00"
+    )
+    when.add_argument(
+        "--in",
+        dest="delay",
+        type=_duration,
+        help="from now by the database's clock: 30s, 5m, 1h30m"
+        + ("" if required else " (default now)"),
+    )
+
+
+@asynccontextmanager
+async def _transaction(url: str, action: str) -> AsyncIterator[Connection]:
+    """A connection of its own, committed when the block ends without an error."""
+    with database_errors(action):
+        async with await connect(url) as connection:  # psycopg commits on a clean exit
+            yield connection
+
+
+async def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+    """`jobpub add|cancel|reschedule|stats`: through jobpub.client, as a producer would."""
+    if args.command == "stats":
+        return await _stats(settings, as_json=args.json)
+    url = settings.database_url.get_secret_value()
+    try:
+        if args.command == "add":
+            payload: str | bytes = args.payload
+            if args.base64:
+                payload = base64.b64decode(args.payload, validate=True)
+            properties = client.Properties(
+                content_type=args.content_type,
+                user_properties=dict(args.user_property) if args.user_property else None,
+                response_topic=args.response_topic,
+                correlation_data=args.correlation_data.encode()
+                if args.correlation_data is not None
+                else None,
+            )
+            async with _transaction(url, "adding a job") as connection:
+                job_id = await client.add_async(
+                    connection,
+                    args.topic,
+                    payload,
+                    at=args.at,
+                    delay=args.delay,
+                    qos=args.qos,
+                    retain=args.retain,
+                    expires_at=args.expires_at,
+                    expires_in=args.expires_in,
+                    dedupe_key=args.dedupe_key,
+                    properties=properties,
+                )
+            print(job_id)
+        elif args.command == "cancel":
+            async with _transaction(url, f"cancelling job {args.id}") as connection:
+                await client.cancel_async(connection, args.id)
+            log.info("job_cancelled", job_id=args.id)
+        else:
+            async with _transaction(url, f"rescheduling job {args.id}") as connection:
+                await client.reschedule_async(connection, args.id, at=args.at, delay=args.delay)
+            log.info("job_rescheduled", job_id=args.id)
+    except (client.JobNotFound, client.JobConflict, client.Refused) as exc:
+        print(f"jobpub: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ValueError, binascii.Error) as exc:
+        print(f"jobpub: {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    except DatabaseError as exc:
+        print(f"jobpub: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _stats(settings: Settings, *, as_json: bool) -> int:
+    try:
+        async with _transaction(settings.database_url.get_secret_value(), "reading stats") as c:
+            stats = await read_stats(c)  # one transaction: both read the same now()
+            fleet = await read_fleet(c, settings.replica_stale_after)
+    except DatabaseError as exc:
+        print(f"jobpub: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(_stats_json(stats, fleet)) if as_json else _stats_text(stats, fleet))
+    return EXIT_OK
+
+
+def _stats_json(stats: Stats, fleet: FleetStats) -> dict[str, object]:
+    def count(value: Count) -> dict[str, object]:
+        return {"value": value.value, "exact": value.exact}
+
+    return {
+        "counts": {
+            "pending": count(stats.pending),
+            "due": count(stats.due),
+            "published": count(stats.published),
+            "dead": count(stats.dead),
+        },
+        "oldest_due_age_s": stats.oldest_due_age_s,
+        "published_last_minute": count(fleet.published_last_minute),
+        "expired_last_minute": count(fleet.expired_last_minute),
+        "live_replicas": fleet.live_replicas,
+        "pauses": fleet.paused_filters,
+        "schedules": stats.schedules,
+        "schedules_enabled": stats.schedules_enabled,
+        "measured_at": stats.measured_at.isoformat(),
+    }
+
+
+def _stats_text(stats: Stats, fleet: FleetStats) -> str:
+    def count(value: Count) -> str:
+        return f"{value.value:,}" if value.exact else f"at least {value.value:,}"
+
+    oldest = stats.oldest_due_age_s
+    late = f" (oldest {_age(oldest)} late)" if oldest is not None else ""
+    pauses = fleet.paused_filters
+    shown = ", ".join(pauses[:5]) + (f", … {len(pauses) - 5} more" if len(pauses) > 5 else "")
+    rows = [
+        ("pending", count(stats.pending)),
+        ("due", count(stats.due) + late),
+        ("dead", count(stats.dead)),
+        ("published", f"about {stats.published.value:,} (the table's estimate, expired included)"),
+        ("last minute", f"{count(fleet.published_last_minute)} published, "
+                        f"{count(fleet.expired_last_minute)} expired"),
+        ("replicas", f"{fleet.live_replicas} live"),
+        ("pauses", f"{len(pauses)}" + (f": {shown}" if pauses else "")),
+        ("schedules", f"{stats.schedules} ({stats.schedules_enabled} enabled)"),
+    ]  # fmt: skip
+    return "\n".join(f"{name:<12} {value}" for name, value in rows)
 
 
 def _add_schedule_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,10 +1,10 @@
 """The statements of `jobpub web` (REST API and dashboard), and the store that runs them.
 
 Lists page by keyset on (fire_at, id), never OFFSET, and nothing counts a whole table:
-counts are exact up to COUNT_CAP rows and labelled "at least" beyond, the table's size
-is the planner's estimate. A list by state filters on the delivery columns as the claim
-reads them (published = processed; expired = processed with expired_at; dead = failed_at
-set; pending = neither), so it uses the claim's indexes.
+counts are exact up to jobpub.db.stats.COUNT_CAP rows and labelled "at least" beyond,
+the table's size is the planner's estimate. A list by state filters on the delivery
+columns as the claim reads them (published = processed; expired = processed with
+expired_at; dead = failed_at set; pending = neither), so it uses the claim's indexes.
 """
 
 from __future__ import annotations
@@ -15,17 +15,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, LiteralString
 
-import psycopg
 from psycopg import errors as pg_errors
-from psycopg.rows import class_row, dict_row
-from psycopg.types.json import Jsonb
+from psycopg.rows import class_row
 
-from jobpub.db import pauses
+from jobpub.db import pauses, producer
 from jobpub.db.database import Connection, Database, DatabaseConfig, database_errors
+from jobpub.db.producer import REFUSED, JobConflict, JobNotFound, NewJob, Refused, first_line
+from jobpub.db.stats import Count, FleetStats, Stats, read_fleet, read_stats
 from jobpub.errors import DatabaseError
 
-# A count reads at most this many index entries or rows; past it the API says "at least".
-COUNT_CAP: Final = 100_000
+# Shared with jobpub.client and the CLI (jobpub.db.producer, jobpub.db.stats); jobpub.web
+# imports them from here too. Listed so mypy's strict no_implicit_reexport sees them
+# exported; this module's own names need no listing.
+__all__ = ["Count", "FleetStats", "JobConflict", "JobNotFound", "NewJob", "Refused", "Stats"]
 
 # The columns every job answer carries; `state` is the column the version 10 trigger keeps
 # right. Each list statement below repeats them whole; a list carries the first 200
@@ -146,49 +148,6 @@ SELECT id, topic, payload, payload_bytes,
 FROM jobs WHERE id = %(id)s
 """
 
-# The seed's INSERT with the optional delivery columns; fire_at from the database clock
-# when a delay is given, so "in 30 s" means 30 s by the clock the claim judges due by.
-ADD_JOB: Final[LiteralString] = """
-INSERT INTO jobs (topic, payload, fire_at, qos, retain, expires_at, dedupe_key,
-                  payload_bytes, content_type, user_properties, response_topic,
-                  correlation_data)
-VALUES (%(topic)s, %(payload)s,
-        coalesce(%(fire_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
-        %(qos)s, %(retain)s, %(expires_at)s, %(dedupe_key)s, %(payload_bytes)s,
-        %(content_type)s, %(user_properties)s, %(response_topic)s, %(correlation_data)s)
-RETURNING id
-"""
-
-# Reschedule a pending row. SKIP LOCKED: a row a replica holds is being published now,
-# and the answer is a conflict at once, not a wait for the broker's ack. The fire_at
-# update trigger wakes the replicas; a retry's backoff is dropped with the new time.
-RESCHEDULE_JOB: Final[LiteralString] = """
-UPDATE jobs
-SET fire_at = coalesce(%(fire_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
-    next_attempt_at = NULL
-WHERE id = (SELECT id FROM jobs
-            WHERE id = %(id)s AND NOT processed AND failed_at IS NULL
-            FOR UPDATE SKIP LOCKED)
-RETURNING id
-"""
-
-# Cancel a pending row: delete it, unless a replica holds it (SKIP LOCKED, as above).
-CANCEL_JOB: Final[LiteralString] = """
-DELETE FROM jobs
-WHERE id = (SELECT id FROM jobs
-            WHERE id = %(id)s AND NOT processed AND failed_at IS NULL
-            FOR UPDATE SKIP LOCKED)
-RETURNING id
-"""
-
-# Why a reschedule or cancel touched nothing: no such row, settled, or held by a replica
-# (a row lock test that waits for nothing).
-JOB_CONFLICT: Final[LiteralString] = """
-SELECT CASE WHEN processed THEN 'published' WHEN failed_at IS NOT NULL THEN 'dead'
-            ELSE 'pending' END AS state
-FROM jobs WHERE id = %(id)s
-"""
-
 # Requeue dead rows: those of `ids`, or those matching the filter, at most `limit` per
 # call so one request never rewrites an unbounded number of rows. The same reset as
 # `jobpub requeue` (jobpub.db.queries.REQUEUE_DEAD); NOTIFY wakes the replicas.
@@ -208,32 +167,6 @@ WHERE id IN (
 RETURNING id
 """
 NOTIFY_CHANGED: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
-
-# The overview's numbers in one round trip. Pending counts walk the partial index
-# jobs_pending_fire_at_idx and stop at the cap; the oldest due row is its first entry.
-# Dead rows have no index of their own: capped too. The table's size is the planner's
-# estimate (reltuples, -1 before the first ANALYZE), so "published" is approximate.
-# A replica is live while its heartbeat is younger than JOBPUB_REPLICA_STALE_AFTER.
-STATS: Final[LiteralString] = """
-SELECT
-    (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE NOT processed AND failed_at IS NULL
-                           LIMIT %(cap)s) AS capped) AS pending,
-    (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE NOT processed AND failed_at IS NULL
-                             AND fire_at <= now() LIMIT %(cap)s) AS capped) AS due,
-    (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE failed_at IS NOT NULL AND NOT processed
-                           LIMIT %(cap)s) AS capped) AS dead,
-    (SELECT extract(epoch FROM now() - fire_at)::float8 FROM jobs
-     WHERE NOT processed AND failed_at IS NULL AND fire_at <= now()
-     ORDER BY fire_at, id LIMIT 1) AS oldest_due_age_s,
-    (SELECT greatest(reltuples, 0)::bigint FROM pg_class
-     WHERE oid = to_regclass('jobs')) AS total_estimate,
-    (SELECT count(*) FROM schedules) AS schedules,
-    (SELECT count(*) FROM schedules WHERE enabled) AS schedules_enabled,
-    (SELECT count(*) FROM pauses) AS pauses,
-    (SELECT count(*) FROM jobpub_replicas
-     WHERE heartbeat_at >= now() - make_interval(secs => %(stale_after)s)) AS replicas_live,
-    now() AS measured_at
-"""
 
 # The last hour minute by minute, from the rows themselves: published per minute and
 # their worst lag (processed_at - fire_at), dead per minute, and the due backlog at the
@@ -328,49 +261,12 @@ class JobPage:
 
 
 @dataclass(frozen=True, slots=True)
-class NewJob:
-    topic: str
-    payload: str = ""
-    fire_at: datetime | None = None  # or `delay` seconds from the database's now()
-    delay: float = 0.0
-    qos: int = 1
-    retain: bool = False
-    expires_at: datetime | None = None
-    dedupe_key: str | None = None
-    payload_bytes: bytes | None = None  # instead of `payload`, which stays ''
-    content_type: str | None = None
-    user_properties: dict[str, str] | None = None
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class DeadFilter:
     ids: list[int] | None = None
     topic: str | None = None
     failed_after: datetime | None = None
     failed_before: datetime | None = None
     limit: int = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    value: int
-    exact: bool  # False: at least `value` (the count stopped at COUNT_CAP), or an estimate
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    pending: Count
-    due: Count
-    dead: Count
-    published: Count  # the table's estimated size less pending and dead: never exact
-    oldest_due_age_s: float | None
-    schedules: int
-    schedules_enabled: int
-    pauses: int
-    replicas_live: int
-    measured_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,16 +278,8 @@ class MinuteStats:
     due_backlog: int
 
 
-class JobNotFound(DatabaseError):
-    """No job has that id."""
-
-
-class JobConflict(DatabaseError):
-    """The job is not in a state that allows the change (settled, or being published)."""
-
-    def __init__(self, message: str, state: str) -> None:
-        super().__init__(message)
-        self.state = state
+class PauseNotFound(DatabaseError):
+    """No pause has that filter."""
 
 
 class ScheduleNotFound(DatabaseError):
@@ -402,22 +290,9 @@ class ScheduleConflict(DatabaseError):
     """A schedule of that name exists already."""
 
 
-class DuplicateJob(DatabaseError):
-    """A kept job has the dedupe_key already (jobs_dedupe_key_idx)."""
-
-
-class PauseNotFound(DatabaseError):
-    """No pause has that filter."""
-
-
-class Refused(DatabaseError):
-    """The database's checks refused the values (a constraint or trigger): the caller's to fix."""
-
-
-# The job holding a dedupe key (jobs_dedupe_key_idx), for a 409 that names it.
-JOB_BY_DEDUPE_KEY: Final[LiteralString] = """
-SELECT id, state FROM jobs WHERE dedupe_key = %(dedupe_key)s
-"""
+# Whether the job jobpub.db.producer.add_job answered was inserted by this transaction
+# (its created_at is the default, now()) or is the kept row holding its dedupe key.
+JOB_ADDED_NOW: Final[LiteralString] = "SELECT created_at = now() FROM jobs WHERE id = %(id)s"
 
 # The pauses (few rows), oldest first, with when each began.
 LIST_PAUSES_DETAILED: Final[LiteralString] = """
@@ -539,39 +414,15 @@ class ScheduleDetail:
     next_fire_at: datetime | None
 
 
-DEDUPE_KEY_INDEX: Final = "jobs_dedupe_key_idx"
-
-_REFUSED = (
-    pg_errors.CheckViolation,
-    pg_errors.NotNullViolation,
-    pg_errors.InvalidTextRepresentation,
-    pg_errors.InvalidDatetimeFormat,
-    pg_errors.DatetimeFieldOverflow,
-    pg_errors.IntervalFieldOverflow,
-    pg_errors.NumericValueOutOfRange,
-    pg_errors.StringDataRightTruncation,
-    pg_errors.CharacterNotInRepertoire,
-    pg_errors.UntranslatableCharacter,
-)
-
-
 @contextlib.contextmanager
 def _refusals(action: str) -> Iterator[None]:
     """A constraint the values broke is the caller's to fix (Refused, its first line)."""
     try:
         yield
     except pg_errors.UniqueViolation as exc:
-        if exc.diag.constraint_name == DEDUPE_KEY_INDEX:
-            raise DuplicateJob(f"{action}: a kept job has this dedupe_key already") from exc
-        raise ScheduleConflict(f"{action}: {_first_line(exc)}") from exc
-    except _REFUSED as exc:
-        raise Refused(_first_line(exc)) from exc
-
-
-def _first_line(exc: psycopg.Error) -> str:
-    diag = exc.diag
-    message = (diag.message_primary or str(exc)).strip().splitlines()[0]
-    return f"{message} ({diag.message_hint})" if diag.message_hint else message
+        raise ScheduleConflict(f"{action}: {first_line(exc)}") from exc
+    except REFUSED as exc:
+        raise Refused(first_line(exc)) from exc
 
 
 class WebStore:
@@ -634,53 +485,23 @@ class WebStore:
             raise JobNotFound(f"no job has id {job_id}")
         return job
 
-    async def add_job(self, job: NewJob) -> JobRecord:
-        params = {
-            "topic": job.topic,
-            "payload": job.payload,
-            "fire_at": job.fire_at,
-            "delay": job.delay,
-            "qos": job.qos,
-            "retain": job.retain,
-            "expires_at": job.expires_at,
-            "dedupe_key": job.dedupe_key,
-            "payload_bytes": job.payload_bytes,
-            "content_type": job.content_type,
-            "user_properties": Jsonb(job.user_properties) if job.user_properties else None,
-            "response_topic": job.response_topic,
-            "correlation_data": job.correlation_data,
-        }
+    async def add_job(self, job: NewJob) -> tuple[JobRecord, bool]:
+        """The job added, or the kept job holding its dedupe key; True if it was added."""
         async with self._connection("adding a job") as connection:
-            row = await (await connection.execute(ADD_JOB, params)).fetchone()
-        assert row is not None  # noqa: S101 - INSERT … RETURNING returns the row
-        return await self.get_job(int(row[0]))
+            job_id = await producer.add_job(connection, job)
+            row = await (await connection.execute(JOB_ADDED_NOW, {"id": job_id})).fetchone()
+        return await self.get_job(job_id), bool(row and row[0])
 
     async def reschedule_job(
         self, job_id: int, fire_at: datetime | None, delay: float
     ) -> JobRecord:
-        params = {"id": job_id, "fire_at": fire_at, "delay": delay}
         async with self._connection(f"rescheduling job {job_id}") as connection:
-            row = await (await connection.execute(RESCHEDULE_JOB, params)).fetchone()
-            if row is None:
-                await self._raise_conflict(connection, job_id, "rescheduled")
+            await producer.reschedule_job(connection, job_id, fire_at, delay)
         return await self.get_job(job_id)
 
     async def cancel_job(self, job_id: int) -> None:
         async with self._connection(f"cancelling job {job_id}") as connection:
-            row = await (await connection.execute(CANCEL_JOB, {"id": job_id})).fetchone()
-            if row is None:
-                await self._raise_conflict(connection, job_id, "cancelled")
-
-    async def _raise_conflict(self, connection: Connection, job_id: int, verb: str) -> None:
-        row = await (await connection.execute(JOB_CONFLICT, {"id": job_id})).fetchone()
-        if row is None:
-            raise JobNotFound(f"no job has id {job_id}")
-        state = str(row[0])
-        if state == "pending":
-            raise JobConflict(
-                f"job {job_id} is being published right now and cannot be {verb}", state
-            )
-        raise JobConflict(f"job {job_id} is {state}, no longer pending: not {verb}", state)
+            await producer.cancel_job(connection, job_id)
 
     async def requeue_dead(self, wanted: DeadFilter) -> list[int]:
         params = {
@@ -705,32 +526,14 @@ class WebStore:
             )
         return await self.get_job(job_id)
 
-    async def stats(self, replica_stale_after: float) -> Stats:
-        async with (
-            self._connection("reading stats") as connection,
-            connection.cursor(row_factory=dict_row) as cursor,
-        ):
-            await cursor.execute(STATS, {"cap": COUNT_CAP, "stale_after": replica_stale_after})
-            row = await cursor.fetchone()
-        assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
+    async def stats(self) -> Stats:
+        async with self._connection("reading stats") as connection:
+            return await read_stats(connection)
 
-        def capped(value: int) -> Count:
-            return Count(int(value), exact=int(value) < COUNT_CAP)
-
-        pending, dead = capped(row["pending"]), capped(row["dead"])
-        published = max(0, int(row["total_estimate"]) - pending.value - dead.value)
-        return Stats(
-            pending=pending,
-            due=capped(row["due"]),
-            dead=dead,
-            published=Count(published, exact=False),
-            oldest_due_age_s=row["oldest_due_age_s"],
-            schedules=int(row["schedules"]),
-            schedules_enabled=int(row["schedules_enabled"]),
-            pauses=int(row["pauses"]),
-            replicas_live=int(row["replicas_live"]),
-            measured_at=row["measured_at"],
-        )
+    async def fleet(self, replica_stale_after: float) -> FleetStats:
+        """Live replicas (heartbeat within `replica_stale_after` s), pauses, last minute."""
+        async with self._connection("reading the fleet's stats") as connection:
+            return await read_fleet(connection, replica_stale_after)
 
     async def history(self, minutes: int = 60) -> list[MinuteStats]:
         async with (
@@ -775,13 +578,6 @@ class WebStore:
             cursor = await connection.execute(DELETE_SCHEDULE, {"name": name})
             if cursor.rowcount == 0:
                 raise ScheduleNotFound(f"no schedule is named {name!r}")
-
-    async def job_by_dedupe_key(self, dedupe_key: str) -> tuple[int, str] | None:
-        """The id and state of the kept job holding `dedupe_key`, if any."""
-        async with self._connection("reading a job by dedupe key") as connection:
-            cursor = await connection.execute(JOB_BY_DEDUPE_KEY, {"dedupe_key": dedupe_key})
-            row = await cursor.fetchone()
-        return (int(row[0]), str(row[1])) if row else None
 
     async def list_pauses(self, topic_filter: str | None = None) -> list[PauseRecord]:
         async with (

@@ -157,7 +157,7 @@ async def logout(
 
 
 async def _overview(store: WebStore, config: WebConfig) -> dict[str, Any]:
-    stats = await store.stats(config.replica_stale_after)
+    stats, fleet = await store.stats(), await store.fleet(config.replica_stale_after)
     history = await store.history(60)
     replicas = [replica_out(r, config.replica_stale_after) for r in await store.list_replicas()]
     complete = history[-RATE_MINUTES - 1 : -1]
@@ -165,6 +165,7 @@ async def _overview(store: WebStore, config: WebConfig) -> dict[str, Any]:
     last_lag = next((m.max_lag_s for m in reversed(history) if m.max_lag_s is not None), None)
     return {
         "stats": stats,
+        "fleet": fleet,
         "replicas": replicas,
         "stale_after": config.replica_stale_after,
         "rate": rate,

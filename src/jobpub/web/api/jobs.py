@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from jobpub.db.web import DeadFilter, DuplicateJob, JobFilter, JobRecord, NewJob
+from jobpub.db.web import DeadFilter, JobFilter, JobRecord, NewJob
 from jobpub.web.deps import Config, Store
 from jobpub.web.problems import Problem
 from jobpub.web.validation import Topic, outside_prefixes
@@ -124,7 +124,7 @@ class NewJobIn(When):
         default=None, description="not published after this time: the job ends expired"
     )
     dedupe_key: Annotated[str, Field(min_length=1, max_length=1000)] | None = Field(
-        default=None, description="a second job with a key that is kept already is a 409"
+        default=None, description="taken by a kept job: that job is answered (200), not added"
     )
     properties: PropertiesIn | None = None
 
@@ -210,48 +210,40 @@ async def list_jobs(
     )
 
 
-@router.post("", status_code=201, response_model=JobOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    responses={200: {"model": JobOut, "description": "the kept job holding the dedupe_key"}},
+)
 async def add_job(job: NewJobIn, store: Store, config: Config, response: Response) -> JobOut:
-    """Add a job; 201 with the job as stored."""
+    """Add a job; 201 with the job as stored. With a `dedupe_key` that a kept job holds
+    already, nothing is added: 200 with that job."""
     refusal = outside_prefixes(job.topic, config.topic_prefixes)
     if refusal:
         raise Problem(400, refusal, "topic-not-allowed")
     properties = job.properties or PropertiesIn()
-    try:
-        added = await store.add_job(
-            NewJob(
-                topic=job.topic,
-                payload=job.payload or "",
-                fire_at=job.fire_at,
-                delay=job.delay or 0.0,
-                qos=job.qos,
-                retain=job.retain,
-                expires_at=job.expires_at,
-                dedupe_key=job.dedupe_key,
-                payload_bytes=job.payload_base64,
-                content_type=properties.content_type,
-                user_properties=properties.user_properties,
-                response_topic=properties.response_topic,
-                correlation_data=properties.correlation_data,
-            )
+    payload = job.payload_base64 if job.payload_base64 is not None else job.payload or ""
+    added, created = await store.add_job(
+        NewJob(
+            topic=job.topic,
+            payload=payload,
+            fire_at=job.fire_at,
+            delay=job.delay or 0.0,
+            qos=job.qos,
+            retain=job.retain,
+            expires_at=job.expires_at,
+            dedupe_key=job.dedupe_key,
+            content_type=properties.content_type,
+            user_properties=properties.user_properties,
+            response_topic=properties.response_topic,
+            correlation_data=properties.correlation_data,
         )
-    except DuplicateJob:
-        raise await _duplicate(store, job.dedupe_key or "") from None
+    )
+    # A dedupe key a kept job holds: that job, not a second one (as jobpub.client does).
+    response.status_code = 201 if created else 200
     response.headers["Location"] = f"/api/jobs/{added.id}"
     return JobOut.of(added)
-
-
-async def _duplicate(store: Store, dedupe_key: str) -> Problem:
-    """A 409 naming the job that holds the key (it may be gone by now: then without)."""
-    holder = await store.job_by_dedupe_key(dedupe_key)
-    detail = f"dedupe_key {dedupe_key!r} is taken by a job still kept"
-    if holder is None:
-        return Problem(409, detail, "duplicate-job")
-    job_id, state = holder
-    return Problem(
-        409, f"{detail}: job {job_id} ({state}); not added twice", "duplicate-job",
-        job_id=job_id, state=state,
-    )  # fmt: skip
 
 
 @router.post("/requeue", response_model=RequeuedOut)

@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from jobpub.db.web import Count, MinuteStats, Stats
+from jobpub.db.web import Count, FleetStats, MinuteStats, Stats
 from jobpub.web.deps import Config, Store
 
 router = APIRouter(tags=["stats"])
@@ -65,7 +65,9 @@ def minute_out(minute: MinuteStats) -> MinuteOut:
 RATE_MINUTES = 5
 
 
-def stats_out(stats: Stats, history: list[MinuteStats], *, with_history: bool) -> StatsOut:
+def stats_out(
+    stats: Stats, fleet: FleetStats, history: list[MinuteStats], *, with_history: bool
+) -> StatsOut:
     # The last complete minutes: the current one has only just begun.
     complete = history[-RATE_MINUTES - 1 : -1] if len(history) > 1 else []
     rate = sum(m.published for m in complete) / (60 * len(complete)) if complete else 0.0
@@ -81,8 +83,8 @@ def stats_out(stats: Stats, history: list[MinuteStats], *, with_history: bool) -
         rate_window_s=60 * len(complete),
         schedules=stats.schedules,
         schedules_enabled=stats.schedules_enabled,
-        pauses=stats.pauses,
-        replicas_live=stats.replicas_live,
+        pauses=len(fleet.paused_filters),
+        replicas_live=fleet.live_replicas,
         measured_at=stats.measured_at,
         last_hour=[minute_out(m) for m in history] if with_history else None,
     )
@@ -93,5 +95,5 @@ async def get_stats(store: Store, config: Config, history: bool = False) -> Stat
     """Counts by state, the due backlog's age, the publish rate, pauses, live replicas;
     `?history=true` adds the last hour minute by minute."""
     minutes = 60 if history else RATE_MINUTES + 1
-    stats = await store.stats(config.replica_stale_after)
-    return stats_out(stats, await store.history(minutes), with_history=history)
+    stats, fleet = await store.stats(), await store.fleet(config.replica_stale_after)
+    return stats_out(stats, fleet, await store.history(minutes), with_history=history)
