@@ -133,6 +133,7 @@ def _web(settings: Settings) -> int:
         token=secret(settings.web_token),
         readonly_token=secret(settings.web_readonly_token),
         topic_prefixes=settings.allowed_topic_prefixes,
+        replica_stale_after=settings.replica_stale_after,
     )
     refusal = bind_refusal(config)
     if refusal:

@@ -2,9 +2,9 @@
 
 Lists page by keyset on (fire_at, id), never OFFSET, and nothing counts a whole table:
 counts are exact up to jobpub.db.stats.COUNT_CAP rows and labelled "at least" beyond,
-the table's size is the planner's estimate. A state is derived from the delivery
-columns as the claim reads them (published = processed; dead = failed_at set;
-pending = neither).
+the table's size is the planner's estimate. A list by state filters on the delivery
+columns as the claim reads them (published = processed; expired = processed with
+expired_at; dead = failed_at set; pending = neither), so it uses the claim's indexes.
 """
 
 from __future__ import annotations
@@ -18,26 +18,30 @@ from typing import Any, Final, LiteralString
 from psycopg import errors as pg_errors
 from psycopg.rows import class_row
 
-from jobpub.db import producer
+from jobpub.db import pauses, producer
 from jobpub.db.database import Connection, Database, DatabaseConfig, database_errors
 from jobpub.db.producer import REFUSED, JobConflict, JobNotFound, NewJob, Refused, first_line
-from jobpub.db.stats import Count, Stats, read_stats
+from jobpub.db.stats import Count, FleetStats, Stats, read_fleet, read_stats
 from jobpub.errors import DatabaseError
 
 # Shared with jobpub.client and the CLI (jobpub.db.producer, jobpub.db.stats); jobpub.web
 # imports them from here too. Listed so mypy's strict no_implicit_reexport sees them
 # exported; this module's own names need no listing.
-__all__ = ["Count", "JobConflict", "JobNotFound", "NewJob", "Refused", "Stats"]
+__all__ = ["Count", "FleetStats", "JobConflict", "JobNotFound", "NewJob", "Refused", "Stats"]
 
-# The columns every job answer carries, with the state derived as the claim sees it.
-# Each list statement below repeats them whole.
+# The columns every job answer carries; `state` is the column the version 10 trigger keeps
+# right. Each list statement below repeats them whole; a list carries the first 200
+# characters of a text payload or the first 150 bytes of a binary one, and the size.
 
 # Pending rows in claim order: jobs_pending_fire_at_idx (fire_at, id) serves the filter,
 # the order and the keyset cursor, so a page reads `limit + 1` index entries.
 LIST_PENDING_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       'pending' AS state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs
 WHERE NOT processed AND failed_at IS NULL
   AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
@@ -52,9 +56,12 @@ LIMIT %(limit)s
 # Dead rows (few, as a rule) in fire_at order; no index holds only them, so on a large
 # table this reads the heap until a page is found.
 LIST_DEAD_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       'dead' AS state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs
 WHERE failed_at IS NOT NULL AND NOT processed
   AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
@@ -68,11 +75,33 @@ LIMIT %(limit)s
 
 # Published rows in fire_at order (the same keyset as the other states).
 LIST_PUBLISHED_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       'published' AS state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs
-WHERE processed
+WHERE processed AND expired_at IS NULL
+  AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
+  AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
+  AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
+  AND (%(cursor_fire_at)s::timestamptz IS NULL
+       OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
+ORDER BY fire_at, id
+LIMIT %(limit)s
+"""
+
+# Rows that expired unsent (processed, with expired_at), in fire_at order.
+LIST_EXPIRED_JOBS: Final[LiteralString] = """
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
+FROM jobs
+WHERE processed AND expired_at IS NOT NULL
   AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
   AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
   AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
@@ -84,11 +113,12 @@ LIMIT %(limit)s
 
 # Every row, whatever its state, in fire_at order.
 LIST_ALL_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       CASE WHEN processed THEN 'published' WHEN failed_at IS NOT NULL THEN 'dead'
-            ELSE 'pending' END AS state,
-       attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs
 WHERE (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
   AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
@@ -103,17 +133,18 @@ _LISTS: Final[dict[str | None, LiteralString]] = {
     "pending": LIST_PENDING_JOBS,
     "dead": LIST_DEAD_JOBS,
     "published": LIST_PUBLISHED_JOBS,
+    "expired": LIST_EXPIRED_JOBS,
     None: LIST_ALL_JOBS,
 }
-STATES: Final = ("pending", "published", "dead")
+STATES: Final = ("pending", "published", "dead", "expired")
 
 # One job by its primary key, the whole payload.
 GET_JOB: Final[LiteralString] = """
-SELECT id, topic, payload, qos, retain, fire_at,
-       CASE WHEN processed THEN 'published' WHEN failed_at IS NOT NULL THEN 'dead'
-            ELSE 'pending' END AS state,
-       attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, payload, payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs WHERE id = %(id)s
 """
 
@@ -189,11 +220,13 @@ ORDER BY m.minute
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """A row of `jobs` as the API shows it (the list's payload is its first 200 chars)."""
+    """A row of `jobs` as the API shows it (in a list, the start of the payload)."""
 
     id: int
     topic: str
     payload: str
+    payload_bytes: bytes | None  # a binary payload, published instead of `payload`
+    payload_size: int  # bytes, of whichever payload is published
     qos: int
     retain: bool
     fire_at: datetime
@@ -205,7 +238,13 @@ class JobRecord:
     processed_at: datetime | None
     created_at: datetime
     expires_at: datetime | None
+    expired_at: datetime | None
     schedule_name: str | None
+    dedupe_key: str | None
+    content_type: str | None
+    user_properties: Any  # JSON: an object of strings, unless the row is settled (unchecked)
+    response_topic: str | None
+    correlation_data: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,12 +292,59 @@ class MinuteStats:
     due_backlog: int
 
 
+class PauseNotFound(DatabaseError):
+    """No pause has that filter."""
+
+
 class ScheduleNotFound(DatabaseError):
     """No schedule has that name."""
 
 
 class ScheduleConflict(DatabaseError):
     """A schedule of that name exists already."""
+
+
+# Whether the job jobpub.db.producer.add_job answered was inserted by this transaction
+# (its created_at is the default, now()) or is the kept row holding its dedupe key.
+JOB_ADDED_NOW: Final[LiteralString] = "SELECT created_at = now() FROM jobs WHERE id = %(id)s"
+
+# The pauses (few rows), oldest first, with when each began.
+LIST_PAUSES_DETAILED: Final[LiteralString] = """
+SELECT filter, reason, created_at AS paused_at,
+       extract(epoch FROM now() - created_at)::float8 AS paused_for_s
+FROM pauses
+WHERE %(filter)s::text IS NULL OR filter = %(filter)s::text
+ORDER BY created_at, filter
+"""
+
+# The replicas' rows with their heartbeat's age by the database clock. A row older than
+# JOBPUB_REPLICA_STALE_AFTER is a replica gone without a clean stop: live replicas delete
+# such rows, so one stays listed only while no replica runs.
+LIST_REPLICAS: Final[LiteralString] = """
+SELECT id::text AS id, host, version, partition, started_at, heartbeat_at,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s
+FROM jobpub_replicas
+ORDER BY host, started_at, id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRecord:
+    filter: str
+    reason: str | None
+    paused_at: datetime
+    paused_for_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRow:
+    id: str
+    host: str
+    version: str
+    partition: str  # "index/count" of the static partition
+    started_at: datetime
+    heartbeat_at: datetime
+    heartbeat_age_s: float
 
 
 # One schedule, or all, with the next pending row (jobs_schedule_occurrence_idx).
@@ -413,10 +499,12 @@ class WebStore:
             raise JobNotFound(f"no job has id {job_id}")
         return job
 
-    async def add_job(self, job: NewJob) -> JobRecord:
+    async def add_job(self, job: NewJob) -> tuple[JobRecord, bool]:
+        """The job added, or the kept job holding its dedupe key; True if it was added."""
         async with self._connection("adding a job") as connection:
             job_id = await producer.add_job(connection, job)
-        return await self.get_job(job_id)
+            row = await (await connection.execute(JOB_ADDED_NOW, {"id": job_id})).fetchone()
+        return await self.get_job(job_id), bool(row and row[0])
 
     async def reschedule_job(
         self, job_id: int, fire_at: datetime | None, delay: float
@@ -466,6 +554,11 @@ class WebStore:
         assert status is not None  # noqa: S101 - the function returns one row
         return status
 
+    async def fleet(self, replica_stale_after: float) -> FleetStats:
+        """Live replicas (heartbeat within `replica_stale_after` s), pauses, last minute."""
+        async with self._connection("reading the fleet's stats") as connection:
+            return await read_fleet(connection, replica_stale_after)
+
     async def history(self, minutes: int = 60) -> list[MinuteStats]:
         async with (
             self._connection("reading the last hour") as connection,
@@ -509,3 +602,37 @@ class WebStore:
             cursor = await connection.execute(DELETE_SCHEDULE, {"name": name})
             if cursor.rowcount == 0:
                 raise ScheduleNotFound(f"no schedule is named {name!r}")
+
+    async def list_pauses(self, topic_filter: str | None = None) -> list[PauseRecord]:
+        async with (
+            self._connection("listing pauses") as connection,
+            connection.cursor(row_factory=class_row(PauseRecord)) as cursor,
+        ):
+            await cursor.execute(LIST_PAUSES_DETAILED, {"filter": topic_filter})
+            return await cursor.fetchall()
+
+    async def get_pause(self, topic_filter: str) -> PauseRecord:
+        found = await self.list_pauses(topic_filter)
+        if not found:
+            raise PauseNotFound(f"{topic_filter!r} is not paused")
+        return found[0]
+
+    async def pause(self, topic_filter: str, reason: str | None) -> tuple[PauseRecord, bool]:
+        """Pause a filter (InvalidFilter if it is not one); True if it was not paused yet."""
+        async with self._connection(f"pausing {topic_filter!r}") as connection:
+            created = await pauses.pause_on(connection, topic_filter, reason)
+        return await self.get_pause(topic_filter), created
+
+    async def resume(self, topic_filter: str) -> None:
+        """Resume a filter; PauseNotFound if it was not paused."""
+        async with self._connection(f"resuming {topic_filter!r}") as connection:
+            if not await pauses.resume_on(connection, topic_filter):
+                raise PauseNotFound(f"{topic_filter!r} is not paused")
+
+    async def list_replicas(self) -> list[ReplicaRow]:
+        async with (
+            self._connection("listing replicas") as connection,
+            connection.cursor(row_factory=class_row(ReplicaRow)) as cursor,
+        ):
+            await cursor.execute(LIST_REPLICAS)
+            return await cursor.fetchall()

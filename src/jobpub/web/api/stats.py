@@ -7,8 +7,8 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from jobpub.db.web import Count, MinuteStats, ProbeStatus, Stats
-from jobpub.web.deps import Store
+from jobpub.db.web import Count, FleetStats, MinuteStats, ProbeStatus, Stats
+from jobpub.web.deps import Config, Store
 
 router = APIRouter(tags=["stats"])
 
@@ -51,13 +51,18 @@ def probe_out(status: ProbeStatus) -> ProbeOut:
 
 class StatsOut(BaseModel):
     counts: dict[str, CountOut] = Field(
-        description="jobs by state: pending, due (pending and due now), published, dead"
+        description="jobs by state: pending, due (pending and due now), published (with "
+        "expired), dead"
     )
     oldest_due_age_s: float | None = Field(description="how late the oldest due job is")
     published_per_s: float = Field(description="mean over the last `rate_window_s`")
     rate_window_s: int
     schedules: int
     schedules_enabled: int
+    pauses: int = Field(description="paused topic filters (/api/pauses)")
+    replicas_live: int = Field(
+        description="replicas whose heartbeat is younger than JOBPUB_REPLICA_STALE_AFTER"
+    )
     measured_at: datetime
     last_hour: list[MinuteOut] | None = None
     probe: ProbeOut | None = Field(
@@ -83,7 +88,9 @@ def minute_out(minute: MinuteStats) -> MinuteOut:
 RATE_MINUTES = 5
 
 
-def stats_out(stats: Stats, history: list[MinuteStats], *, with_history: bool) -> StatsOut:
+def stats_out(
+    stats: Stats, fleet: FleetStats, history: list[MinuteStats], *, with_history: bool
+) -> StatsOut:
     # The last complete minutes: the current one has only just begun.
     complete = history[-RATE_MINUTES - 1 : -1] if len(history) > 1 else []
     rate = sum(m.published for m in complete) / (60 * len(complete)) if complete else 0.0
@@ -99,16 +106,19 @@ def stats_out(stats: Stats, history: list[MinuteStats], *, with_history: bool) -
         rate_window_s=60 * len(complete),
         schedules=stats.schedules,
         schedules_enabled=stats.schedules_enabled,
+        pauses=len(fleet.paused_filters),
+        replicas_live=fleet.live_replicas,
         measured_at=stats.measured_at,
         last_hour=[minute_out(m) for m in history] if with_history else None,
     )
 
 
 @router.get("/stats", response_model=StatsOut)
-async def get_stats(store: Store, history: bool = False) -> StatsOut:
-    """Counts by state, the due backlog's age, the publish rate; `?history=true` adds
-    the last hour minute by minute."""
+async def get_stats(store: Store, config: Config, history: bool = False) -> StatsOut:
+    """Counts by state, the due backlog's age, the publish rate, pauses, live replicas;
+    `?history=true` adds the last hour minute by minute."""
     minutes = 60 if history else RATE_MINUTES + 1
-    out = stats_out(await store.stats(), await store.history(minutes), with_history=history)
+    stats, fleet = await store.stats(), await store.fleet(config.replica_stale_after)
+    out = stats_out(stats, fleet, await store.history(minutes), with_history=history)
     out.probe = probe_out(await store.probe_status())
     return out
