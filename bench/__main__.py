@@ -51,9 +51,14 @@ SINGLE: dict[str, Callable[[Bench, argparse.Namespace], list[ScenarioResult]]] =
 }
 
 
+# Benches whose figures depend on vacuum: the shared test server runs with autovacuum off.
+OWN_POSTGRES = ("soak", "scale")
+
+
 def main() -> int:
     args = _parser().parse_args()
     args.replicas = args.replicas or ("4" if args.what == "soak" else "1,2,4")
+    args.postgres = args.postgres or ("own" if args.what in OWN_POSTGRES else "shared")
     settings = dict(item.split("=", 1) for item in args.set)
     if args.what == "soak":
         return _soak(args, settings)
@@ -61,7 +66,10 @@ def main() -> int:
     runs = [(n, p) for n in counts for p in ((False,) if n == 1 else (False, True))]
     results: list[ScenarioResult] = []
     jobs = args.jobs or 100_000
-    with bench_environment(args.database, settings) as bench:
+    with contextlib.ExitStack() as stack:
+        if args.postgres == "own":
+            args.database = stack.enter_context(start_default_postgres())
+        bench = stack.enter_context(bench_environment(args.database, settings))
         if args.what in ("all", "drain"):
             if args.baseline_jobs:
                 results.append(scenarios.baseline(bench, args.baseline_jobs))
@@ -96,6 +104,7 @@ def main() -> int:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "postgres": _postgres_label(args.postgres),
         "settings": settings,
         "machine": _machine(),
         "results": [dataclasses.asdict(r) for r in results],
@@ -175,9 +184,10 @@ def _parser() -> argparse.ArgumentParser:
         "sixth of a shorter run)",
     )  # fmt: skip
     parser.add_argument(
-        "--postgres", choices=["own", "shared"], default="own",
-        help="soak: a throwaway PostgreSQL on its defaults (own, the default: autovacuum on, "
-        "as deployed) or the server of --database",
+        "--postgres", choices=["own", "shared"], default=None,
+        help="a throwaway PostgreSQL on its defaults (own: autovacuum on, as deployed; the "
+        "default for soak and scale) or the server of --database (shared: the default for "
+        "the rest, whose figures compare with earlier runs)",
     )  # fmt: skip
     parser.add_argument(
         "--set",
@@ -219,7 +229,7 @@ def _soak(args: argparse.Namespace, settings: dict[str, str]) -> int:
                      else args.database)  # fmt: skip
         bench = stack.enter_context(bench_environment(admin_url, settings))
         run = soak.run(bench, config)
-    postgres = "its own, on PostgreSQL's defaults" if args.postgres == "own" else "shared"
+    postgres = _postgres_label(args.postgres)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "command": "python -m bench " + " ".join(sys.argv[1:]),
@@ -274,6 +284,14 @@ def median_run(attempts: list[ScenarioResult]) -> ScenarioResult:
     return chosen
 
 
+def _postgres_label(postgres: str) -> str:
+    return (
+        "its own, on PostgreSQL's defaults (autovacuum on)"
+        if postgres == "own"
+        else "the shared test server (autovacuum as that server has it)"
+    )
+
+
 def _run_page(name: str, report: dict[str, Any], table: str) -> str:
     """The run's page beside its JSON and chart: what ran, where and when, then the figures."""
     machine = report["machine"]
@@ -284,6 +302,7 @@ def _run_page(name: str, report: dict[str, Any], table: str) -> str:
         f"Machine: {machine['cpus']} CPUs, {machine['memory_gib']} GiB, "
         f"kernel {machine['kernel']}, Python {machine['python']}, "
         f"{machine['postgresql']}, {machine['mosquitto']}.\n\n"
+        f"PostgreSQL server: {report.get('postgres', 'the shared test server')}.\n\n"
         f"Settings: {settings}.\n\n{table}\n"
     )
 
