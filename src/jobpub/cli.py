@@ -6,11 +6,10 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
 import structlog
@@ -18,8 +17,9 @@ from pydantic import SecretStr, ValidationError
 
 from jobpub import __version__, app, client, logs, migrations
 from jobpub.db.admin import migrate, requeue
-from jobpub.db.database import Connection, connect, database_errors
+from jobpub.db.database import Connection, command_transaction
 from jobpub.db.pauses import InvalidFilter, list_pauses, pause, resume
+from jobpub.db.producer import insert_job
 from jobpub.db.schedules import (
     NewSchedule,
     add_schedule,
@@ -36,6 +36,11 @@ from jobpub.settings import Settings, SettingsFileError, describe_errors
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_SETTINGS = 2
+
+# `jobpub add|cancel|reschedule|stats` wait this long at most: for a connection, and for
+# a lock (an uncommitted job holding the same dedupe key) before saying why they gave up.
+CONNECT_TIMEOUT_S = 10
+LOCK_TIMEOUT_S = 5.0
 
 log = structlog.get_logger("jobpub.cli")
 
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     requeue_parser.add_argument(
         "--all", action="store_true", help="every dead job (required when no ids are given)"
     )
-    _add_job_parsers(commands)
+    add_parser = _add_job_parsers(commands)
     stats_parser = commands.add_parser(
         "stats", help="the queue at a glance: counts, due backlog, rate, replicas, pauses"
     )
@@ -93,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "requeue" and not args.ids and not args.all:
         parser.error("requeue: give job ids, or --all for every dead job")
+    if args.command == "add" and args.base64:
+        # Not a `type=` of PAYLOAD: --base64 may come after it on the command line.
+        try:
+            args.payload = _base64(args.payload)
+        except argparse.ArgumentTypeError as exc:
+            add_parser.error(f"argument PAYLOAD: {exc}")
     if args.command == "web":
         return _web(settings)  # its server runs its own event loop
     return asyncio.run(_command(settings, args))
@@ -171,6 +182,13 @@ def _aware_time(text: str) -> datetime:
     return moment
 
 
+def _base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise argparse.ArgumentTypeError(f"not base64: {exc}") from None
+
+
 def _user_property(text: str) -> tuple[str, str]:
     key, equals, value = text.partition("=")
     if not equals:
@@ -178,10 +196,13 @@ def _user_property(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _add_job_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_job_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """The parsers of add, cancel and reschedule; add's, to refuse its PAYLOAD."""
     add = commands.add_parser("add", help="add a job; prints its id")
-    add.add_argument("topic")
-    add.add_argument("payload", help="text published as UTF-8 (see --base64)")
+    add.add_argument("topic", metavar="TOPIC")
+    add.add_argument("payload", metavar="PAYLOAD", help="text published as UTF-8 (see --base64)")
     _add_when(add, required=False)
     add.add_argument("--qos", type=int, choices=(0, 1, 2), default=1)
     add.add_argument("--retain", action="store_true")
@@ -190,10 +211,10 @@ def _add_job_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "--expires-at", type=_aware_time, help="not published after this (ISO 8601, offset)"
     )
     expiry.add_argument(
-        "--expires-in", type=_duration, help="not published after this long from now: 1h"
+        "--expires-in", type=_duration, help="not published after this long past its time: 1h"
     )
     add.add_argument(
-        "--dedupe-key", help="if a job with this key is kept, print its id, add nothing"
+        "--dedupe-key", help="if a job with this key is kept, print its id (a note on stderr)"
     )
     add.add_argument("--base64", action="store_true", help="PAYLOAD is base64 of bytes")
     add.add_argument("--content-type", help="MQTT 5 content type, e.g. application/json")
@@ -211,6 +232,7 @@ def _add_job_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     reschedule = commands.add_parser("reschedule", help="move a pending job to a new time")
     reschedule.add_argument("id", type=int, metavar="ID")
     _add_when(reschedule, required=True)
+    return add
 
 
 def _add_when(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -227,47 +249,22 @@ def _add_when(parser: argparse.ArgumentParser, *, required: bool) -> None:
     )
 
 
-@asynccontextmanager
-async def _transaction(url: str, action: str) -> AsyncIterator[Connection]:
-    """A connection of its own, committed when the block ends without an error."""
-    with database_errors(action):
-        async with await connect(url) as connection:  # psycopg commits on a clean exit
-            yield connection
+def _transaction(url: str, action: str) -> contextlib.AbstractAsyncContextManager[Connection]:
+    """A transaction of its own, committed when the block ends without an error; waits
+    for a connection and for locks bounded (CONNECT_TIMEOUT_S, LOCK_TIMEOUT_S)."""
+    return command_transaction(
+        url, action, connect_timeout=CONNECT_TIMEOUT_S, lock_timeout=LOCK_TIMEOUT_S
+    )
 
 
 async def _jobs(settings: Settings, args: argparse.Namespace) -> int:
-    """`jobpub add|cancel|reschedule|stats`: through jobpub.client, as a producer would."""
+    """`jobpub add|cancel|reschedule|stats`: jobpub.client's checks and statements."""
     if args.command == "stats":
         return await _stats(settings, as_json=args.json)
     url = settings.database_url.get_secret_value()
     try:
         if args.command == "add":
-            payload: str | bytes = args.payload
-            if args.base64:
-                payload = base64.b64decode(args.payload, validate=True)
-            properties = client.Properties(
-                content_type=args.content_type,
-                user_properties=dict(args.user_property) if args.user_property else None,
-                response_topic=args.response_topic,
-                correlation_data=args.correlation_data.encode()
-                if args.correlation_data is not None
-                else None,
-            )
-            async with _transaction(url, "adding a job") as connection:
-                job_id = await client.add_async(
-                    connection,
-                    args.topic,
-                    payload,
-                    at=args.at,
-                    delay=args.delay,
-                    qos=args.qos,
-                    retain=args.retain,
-                    expires_at=args.expires_at,
-                    expires_in=args.expires_in,
-                    dedupe_key=args.dedupe_key,
-                    properties=properties,
-                )
-            print(job_id)
+            await _add(url, args)
         elif args.command == "cancel":
             async with _transaction(url, f"cancelling job {args.id}") as connection:
                 await client.cancel_async(connection, args.id)
@@ -276,16 +273,35 @@ async def _jobs(settings: Settings, args: argparse.Namespace) -> int:
             async with _transaction(url, f"rescheduling job {args.id}") as connection:
                 await client.reschedule_async(connection, args.id, at=args.at, delay=args.delay)
             log.info("job_rescheduled", job_id=args.id)
-    except (client.JobNotFound, client.JobConflict, client.Refused) as exc:
+    except ValueError as exc:  # jobpub.client's checks, before any SQL: "add: …"
         print(f"jobpub: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except (ValueError, binascii.Error) as exc:
-        print(f"jobpub: {args.command}: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
-    except DatabaseError as exc:
+    except DatabaseError as exc:  # no such job, not pending, refused, unreachable
         print(f"jobpub: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+async def _add(url: str, args: argparse.Namespace) -> None:
+    """Print the new job's id, or with its dedupe key taken the existing job's (and say so)."""
+    properties = client.Properties(
+        content_type=args.content_type,
+        user_properties=dict(args.user_property) if args.user_property else None,
+        response_topic=args.response_topic,
+        correlation_data=args.correlation_data.encode()
+        if args.correlation_data is not None
+        else None,
+    )
+    job = client.new_job(
+        args.topic, args.payload, at=args.at, delay=args.delay, qos=args.qos,
+        retain=args.retain, expires_at=args.expires_at, expires_in=args.expires_in,
+        dedupe_key=args.dedupe_key, properties=properties,
+    )  # fmt: skip
+    async with _transaction(url, "adding a job") as connection:
+        added = await insert_job(connection, job)
+    if added.deduplicated:
+        print(f"jobpub: add: dedupe key taken: existing job {added.id}", file=sys.stderr)
+    print(added.id)
 
 
 async def _stats(settings: Settings, *, as_json: bool) -> int:
@@ -310,6 +326,7 @@ def _stats_json(stats: Stats, fleet: FleetStats) -> dict[str, object]:
             "due": count(stats.due),
             "published": count(stats.published),
             "dead": count(stats.dead),
+            "expired": count(stats.expired),
         },
         "oldest_due_age_s": stats.oldest_due_age_s,
         "published_last_minute": count(fleet.published_last_minute),
@@ -334,7 +351,8 @@ def _stats_text(stats: Stats, fleet: FleetStats) -> str:
         ("pending", count(stats.pending)),
         ("due", count(stats.due) + late),
         ("dead", count(stats.dead)),
-        ("published", f"about {stats.published.value:,} (the table's estimate, expired included)"),
+        ("expired", f"about {stats.expired.value:,} (the table's statistics)"),
+        ("published", f"about {stats.published.value:,} (the table's statistics)"),
         ("last minute", f"{count(fleet.published_last_minute)} published, "
                         f"{count(fleet.expired_last_minute)} expired"),
         ("replicas", f"{fleet.live_replicas} live"),

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from jobpub import client
 from testbed.broker import Broker
@@ -46,15 +47,29 @@ def published(db_url: str, job_id: int) -> None:
 
 
 def test_add_runs_in_the_callers_transaction(db_url: str, conn: SyncConn) -> None:
+    # A transaction open for a while before the add: its now() (created_at's default)
+    # lies behind the clock by then.
+    conn.execute("SELECT 1")
+    wait_until(
+        lambda: (
+            conn.execute("SELECT clock_timestamp() - now() > interval '300 ms'").fetchone()
+            == (True,)
+        ),
+        10,
+        "the transaction to age",
+    )
     kept = client.add(conn, "a/kept", "hello", delay=timedelta(seconds=90))
+    (after,) = conn.execute("SELECT clock_timestamp()").fetchone() or (None,)
     assert row(db_url, "SELECT count(*) FROM jobs") == (0,), "nothing committed by add"
     conn.commit()
     assert row(db_url, "SELECT topic, payload, qos, retain, state FROM jobs WHERE id = %s",
                (kept,)) == ("a/kept", "hello", 1, False, "pending")  # fmt: skip
-    # The delay counts from the transaction's now(), as created_at does.
-    assert row(db_url, "SELECT fire_at - created_at FROM jobs WHERE id = %s", (kept,)) == (
-        timedelta(seconds=90),
-    )
+    # The delay counts from the add's own statement, not from the transaction's start.
+    found = row(db_url, "SELECT fire_at, created_at FROM jobs WHERE id = %s", (kept,))
+    assert found is not None
+    fire_at, created_at = found
+    assert fire_at - created_at >= timedelta(seconds=90.3)
+    assert fire_at <= after + timedelta(seconds=90)
     dropped = client.add(conn, "a/dropped", "never")
     conn.rollback()
     assert row(db_url, "SELECT count(*) FROM jobs WHERE id = %s", (dropped,)) == (0,)
@@ -91,7 +106,7 @@ def test_a_bytes_payload_goes_in_payload_bytes(db_url: str, conn: SyncConn) -> N
     conn.commit()
     assert row(
         db_url,
-        "SELECT payload, payload_bytes, expires_at - created_at FROM jobs WHERE id = %s",
+        "SELECT payload, payload_bytes, expires_at - fire_at FROM jobs WHERE id = %s",
         (job_id,),
     ) == ("", raw, timedelta(minutes=10))
 
@@ -112,9 +127,21 @@ def test_a_dedupe_key_returns_the_first_rows_id(db_url: str, conn: SyncConn) -> 
     assert other != first
 
 
-def test_a_concurrent_duplicate_waits_for_the_first_and_returns_its_id(
-    db_url: str, conn: SyncConn
+def wait_for_a_lock_wait(db_url: str) -> None:
+    """Until a session of this database waits on a lock (pg_stat_activity)."""
+    with psycopg.connect(db_url, autocommit=True) as watcher:
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        wait_until(lambda: watcher.execute(waiting).fetchone() == (1,), 10, "a lock wait")
+
+
+@pytest.mark.parametrize("first_commits", [True, False], ids=["commits", "rolls-back"])
+def test_a_concurrent_duplicate_waits_for_the_first(
+    db_url: str, conn: SyncConn, first_commits: bool
 ) -> None:
+    """The second add returns the first's id once it commits, or inserts once it rolls back."""
     first = client.add(conn, "orders/1", "first", dedupe_key="order-1")  # not committed yet
     answer: list[int] = []
 
@@ -124,18 +151,16 @@ def test_a_concurrent_duplicate_waits_for_the_first_and_returns_its_id(
 
     thread = threading.Thread(target=second_producer, name="second-producer")
     thread.start()
-    # The second INSERT waits on the first's uncommitted key: seen in pg_stat_activity.
-    with psycopg.connect(db_url, autocommit=True) as watcher:
-        waiting = (
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        wait_until(
-            lambda: watcher.execute(waiting).fetchone() == (1,), 10, "the second producer to wait"
-        )
-    conn.commit()
+    wait_for_a_lock_wait(db_url)  # the second INSERT waits on the first's uncommitted key
+    if first_commits:
+        conn.commit()
+    else:
+        conn.rollback()
     thread.join(10)
-    assert answer == [first]
+    assert len(answer) == 1
+    kept = row(db_url, "SELECT id, payload FROM jobs")
+    assert kept == ((first, "first") if first_commits else (answer[0], "second"))
+    assert (answer[0] == first) is first_commits
     assert row(db_url, "SELECT count(*) FROM jobs") == (1,)
 
 
@@ -151,9 +176,12 @@ def test_cancel_and_reschedule_a_pending_job(db_url: str, conn: SyncConn) -> Non
         at, None,
     )  # fmt: skip
     client.reschedule(conn, job_id, delay=timedelta(seconds=5))
-    assert conn.execute("SELECT fire_at - now() FROM jobs WHERE id = %s", (job_id,)).fetchone() == (
-        timedelta(seconds=5),
-    )
+    # From the statement's time: past the transaction's now(), not past the clock's.
+    assert conn.execute(
+        "SELECT fire_at > now() + interval '5 s', fire_at <= clock_timestamp() + interval '5 s'"
+        " FROM jobs WHERE id = %s",
+        (job_id,),
+    ).fetchone() == (True, True)
     conn.commit()
     client.cancel(conn, job_id)
     assert row(db_url, "SELECT count(*) FROM jobs") == (1,), "not before the commit"
@@ -185,16 +213,34 @@ def test_not_found_and_not_pending_leave_the_transaction_usable(
     assert dead.value.state == "dead"
 
 
+def test_an_expired_job_is_a_conflict_that_says_expired(db_url: str, conn: SyncConn) -> None:
+    job_id = client.add(conn, "a/b", "x", expires_in=timedelta(minutes=1))
+    conn.commit()
+    with psycopg.connect(db_url) as other:  # settled as the replicas' expiry sweep does
+        other.execute(
+            "UPDATE jobs SET processed = true, processed_at = now(), expired_at = now()"
+            " WHERE id = %s",
+            (job_id,),
+        )
+    with pytest.raises(client.JobConflict, match="is expired, no longer pending") as expired:
+        client.cancel(conn, job_id)
+    assert expired.value.state == "expired"
+    with pytest.raises(client.JobConflict, match="is expired") as again:
+        client.reschedule(conn, job_id, delay=1)
+    assert again.value.state == "expired"
+
+
 def test_a_job_a_replica_holds_is_a_conflict_at_once(db_url: str, conn: SyncConn) -> None:
     job_id = client.add(conn, "a/b", "x")
     conn.commit()
     with psycopg.connect(db_url) as replica:
         # A claim holds its rows locked until it has published them.
         replica.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
-        with pytest.raises(client.JobConflict, match="being published right now") as held:
+        locked = "locked by another transaction \\(a replica publishing it, or another writer\\)"
+        with pytest.raises(client.JobConflict, match=locked) as held:
             client.cancel(conn, job_id)
         assert held.value.state == "pending"
-        with pytest.raises(client.JobConflict, match="being published right now"):
+        with pytest.raises(client.JobConflict, match=locked):
             client.reschedule(conn, job_id, delay=10)
         replica.rollback()
     client.cancel(conn, job_id)  # free again
@@ -210,6 +256,47 @@ def test_values_the_table_refuses(conn: SyncConn) -> None:
     conn.rollback()
 
 
+def test_an_expiry_not_after_the_firing_time_is_refused(db_url: str, conn: SyncConn) -> None:
+    # Only the database knows when "in an hour" is: the statement refuses it.
+    soon = datetime.now(UTC) + timedelta(minutes=10)
+    with pytest.raises(client.Refused, match="would expire before it is published"):
+        client.add(conn, "a/b", "x", delay=timedelta(hours=1), expires_at=soon)
+    conn.rollback()
+    with pytest.raises(client.Refused, match="would expire before it is published"):
+        client.add(conn, "a/b", "x", expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    conn.rollback()
+    assert row(db_url, "SELECT count(*) FROM jobs") == (0,)
+    # expires_in counts from the firing time, as a schedule's expire_after does.
+    job_id = client.add(conn, "a/b", "x", delay=timedelta(hours=2), expires_in=600)
+    conn.commit()
+    assert row(db_url, "SELECT expires_at - fire_at FROM jobs WHERE id = %s", (job_id,)) == (
+        timedelta(minutes=10),
+    )
+
+
+def test_a_callers_row_factory_is_left_alone(db_url: str) -> None:
+    with psycopg.connect(db_url, row_factory=dict_row) as conn:
+        job_id = client.add(conn, "a/dict", "x", dedupe_key="dict-1")
+        assert client.add(conn, "a/dict", "again", dedupe_key="dict-1") == job_id
+        client.reschedule(conn, job_id, delay=60)
+        with pytest.raises(client.JobNotFound):
+            client.cancel(conn, job_id + 1)
+        client.cancel(conn, job_id)
+        conn.commit()
+        assert conn.execute("SELECT count(*) AS n FROM jobs").fetchone() == {"n": 0}
+
+
+async def test_an_async_callers_row_factory_is_left_alone(db_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(db_url, row_factory=dict_row) as aconn:
+        job_id = await client.add_async(aconn, "a/dict", "x", dedupe_key="dict-1")
+        assert await client.add_async(aconn, "a/dict", "again", dedupe_key="dict-1") == job_id
+        await client.reschedule_async(aconn, job_id, delay=60)
+        with pytest.raises(client.JobNotFound):
+            await client.cancel_async(aconn, job_id + 1)
+        await client.cancel_async(aconn, job_id)
+        await aconn.commit()
+
+
 @pytest.mark.parametrize(
     ("arguments", "error", "message"),
     [
@@ -220,6 +307,19 @@ def test_values_the_table_refuses(conn: SyncConn) -> None:
         ({"payload": 42}, TypeError, "payload must be str or bytes"),
         ({"expires_at": datetime.now(UTC), "expires_in": 5}, ValueError, "not both"),
         ({"expires_at": datetime(2030, 1, 1)}, ValueError, "time zone"),
+        ({"delay": float("nan")}, ValueError, "delay must be a finite number"),
+        ({"delay": float("inf")}, ValueError, "delay must be a finite number"),
+        ({"expires_in": float("nan")}, ValueError, "expires_in must be a finite number"),
+        ({"expires_in": float("inf")}, ValueError, "expires_in must be a finite number"),
+        ({"expires_in": 0}, ValueError, "expires_in must be positive"),
+        (
+            {
+                "at": datetime(2030, 1, 1, tzinfo=UTC),
+                "expires_at": datetime(2030, 1, 1, tzinfo=UTC),
+            },
+            ValueError,
+            "would expire before it is published",
+        ),
         (
             {"properties": client.Properties(user_properties={"n": 7})},  # type: ignore[dict-item]
             ValueError,
@@ -239,6 +339,9 @@ def test_arguments_checked_before_any_sql(
 def test_reschedule_needs_a_time(conn: SyncConn) -> None:
     with pytest.raises(ValueError, match="give `at` or `delay`"):
         client.reschedule(conn, 1)
+    with pytest.raises(ValueError, match="delay must be a finite number"):
+        client.reschedule(conn, 1, delay=float("nan"))
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE, "no SQL ran"
 
 
 # Async
@@ -286,7 +389,8 @@ async def test_async_on_an_autocommit_connection_each_call_commits(db_url: str) 
 async def test_a_row_added_by_the_client_is_published_with_its_properties(
     db_url: str, broker: Broker
 ) -> None:
-    with PropertySubscriber(broker.port) as props:
+    props = PropertySubscriber(broker.port)
+    with props:
         async with await psycopg.AsyncConnection.connect(db_url) as aconn:
             text_id = await client.add_async(
                 aconn, props.topic("text"), '{"open": true}', qos=1,

@@ -242,7 +242,7 @@ def test_a_job_being_published_is_a_conflict_not_a_wait(
     with psycopg.connect(db_url) as replica:  # holds the row as a claim does
         replica.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job,))
         body = assert_problem(client.delete(f"/api/jobs/{job}", headers=ADMIN), 409)
-        assert "being published" in body["detail"]
+        assert "locked by another transaction" in body["detail"]
         replica.rollback()
     assert client.delete(f"/api/jobs/{job}", headers=ADMIN).status_code == 204
 

@@ -112,6 +112,31 @@ async def connect(
     )
 
 
+@contextlib.asynccontextmanager
+async def command_transaction(
+    url: str, action: str, *, connect_timeout: int, lock_timeout: float
+) -> AsyncIterator[Connection]:
+    """One transaction on a connection of its own, for a command run from a shell (`jobpub
+    add`): committed when the block ends without an error, every wait bounded. Connecting
+    waits at most `connect_timeout` seconds (a URL's own connect_timeout wins), a
+    statement at most `lock_timeout` seconds for a lock (set for this transaction only,
+    so safe behind PgBouncer); jobpub's errors out, each timeout saying which it was."""
+    given = conninfo_to_dict(url).get("connect_timeout")
+    timeout = int(given) if given is not None else connect_timeout
+    with database_errors(action):
+        try:
+            connection = await connect(url, connect_timeout=timeout)
+        except pg_errors.ConnectionTimeout as exc:
+            raise DatabaseUnavailable(
+                f"{action}: no answer from the database within {timeout} s (connect timeout)"
+            ) from exc
+        async with connection:  # psycopg commits on a clean exit, rolls back otherwise
+            await connection.execute(
+                queries.LIMIT_LOCK_WAIT, {"timeout": f"{round(lock_timeout * 1000)}ms"}
+            )
+            yield connection
+
+
 class Transaction:
     """An open transaction on a pooled connection: it holds a claim's row locks.
 

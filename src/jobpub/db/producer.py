@@ -4,21 +4,23 @@ The one implementation behind `jobpub.client` (the producer API), the REST API's
 POST/PATCH/DELETE of jobs (jobpub.db.web) and `jobpub add|cancel|reschedule`. Nothing
 here commits: the statements run in the caller's transaction, which decides.
 
-Each operation is its statements (constants below) plus two halves that neither block
-nor await (parameters in, an answer or an exception out), so the sync and async
-versions differ only in `await`.
+Each operation is a generator of steps (a statement and its parameters out, the row it
+returned back in) that neither blocks nor awaits; `_run` and `_run_sync` drive it on an
+async or a blocking connection, so the two differ only in `await`. They read rows as
+tuples on a cursor of their own, whatever row factory the caller's connection has.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, LiteralString
+from typing import Any, Final, Literal, LiteralString, TypeVar, cast, get_args
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from jobpub.db.database import database_errors
@@ -29,24 +31,43 @@ from jobpub.errors import DatabaseError
 SyncConnection = psycopg.Connection[Any]
 AsyncConnection = psycopg.AsyncConnection[Any]
 
+# What the `state` column holds (jobpub_job_state, sql/0010_job_columns.sql).
+JobState = Literal["pending", "published", "dead", "expired"]
+JOB_STATES: Final[tuple[JobState, ...]] = get_args(JobState)
+
 # The seed's INSERT with every optional column. fire_at and expires_at come from the
-# database clock when given as a delay, so "in 30 s" means 30 s by the clock the claim
-# judges due by (now(): the transaction's start). A NULL delay leaves expires_at NULL.
+# database clock when given as a delay: statement_timestamp(), the time this statement
+# began, so "in 30 s" means 30 s from the add however long the caller's transaction has
+# been open (the claim judges due by its own transaction's now(), a fresh one each
+# batch). `expires_in` counts from fire_at, as a schedule's expire_after counts from its
+# occurrence; a NULL one leaves expires_at NULL. A row that would expire before it fires
+# is not inserted: the statement answers `expires_first` and the caller refuses it (plain
+# SQL cannot raise a message of its own without a function in the schema).
 # ON CONFLICT (dedupe_key) infers jobs_dedupe_key_idx; a row without a key never
-# conflicts, and a conflict returns no row (the caller then reads the existing one).
+# conflicts, and a conflict inserts nothing (the caller then reads the existing row).
 ADD_JOB: Final[LiteralString] = """
-INSERT INTO jobs (topic, payload, payload_bytes, fire_at, qos, retain, expires_at,
-                  dedupe_key, content_type, user_properties, response_topic,
-                  correlation_data)
-VALUES (%(topic)s, %(payload)s, %(payload_bytes)s,
-        coalesce(%(fire_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
-        %(qos)s, %(retain)s,
-        coalesce(%(expires_at)s::timestamptz,
-                 now() + make_interval(secs => %(expires_in)s::float8)),
-        %(dedupe_key)s, %(content_type)s, %(user_properties)s, %(response_topic)s,
-        %(correlation_data)s)
-ON CONFLICT (dedupe_key) DO NOTHING
-RETURNING id
+WITH timed AS (
+    SELECT fire_at,
+           coalesce(%(expires_at)s::timestamptz,
+                    fire_at + make_interval(secs => %(expires_in)s::float8)) AS expires_at
+    FROM (SELECT coalesce(%(fire_at)s::timestamptz,
+                          statement_timestamp() + make_interval(secs => %(delay)s::float8))
+                 AS fire_at) AS fired
+), added AS (
+    INSERT INTO jobs (topic, payload, payload_bytes, fire_at, qos, retain, expires_at,
+                      dedupe_key, content_type, user_properties, response_topic,
+                      correlation_data)
+    SELECT %(topic)s, %(payload)s, %(payload_bytes)s, fire_at, %(qos)s, %(retain)s,
+           expires_at, %(dedupe_key)s, %(content_type)s, %(user_properties)s,
+           %(response_topic)s, %(correlation_data)s
+    FROM timed
+    WHERE NOT coalesce(expires_at <= fire_at, false)
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING id
+)
+SELECT (SELECT id FROM added) AS id, coalesce(expires_at <= fire_at, false) AS expires_first,
+       fire_at, expires_at
+FROM timed
 """
 
 # The row holding a dedupe key, found through jobs_dedupe_key_idx. A statement of its
@@ -54,12 +75,14 @@ RETURNING id
 # only a new statement's snapshot (READ COMMITTED) sees that row.
 DEDUPED_JOB: Final[LiteralString] = "SELECT id FROM jobs WHERE dedupe_key = %(dedupe_key)s"
 
-# Reschedule a pending row. SKIP LOCKED: a row a replica holds is being published now,
-# and the answer is a conflict at once, not a wait for the broker's ack. The fire_at
-# update trigger wakes the replicas; a retry's backoff is dropped with the new time.
+# Reschedule a pending row, `delay` from this statement's time as in ADD_JOB. SKIP
+# LOCKED: a row another transaction holds (a replica publishing it, or another writer)
+# is a conflict at once, not a wait for the broker's ack. The fire_at update trigger
+# wakes the replicas; a retry's backoff is dropped with the new time.
 RESCHEDULE_JOB: Final[LiteralString] = """
 UPDATE jobs
-SET fire_at = coalesce(%(fire_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
+SET fire_at = coalesce(%(fire_at)s::timestamptz,
+                       statement_timestamp() + make_interval(secs => %(delay)s::float8)),
     next_attempt_at = NULL
 WHERE id = (SELECT id FROM jobs
             WHERE id = %(id)s AND NOT processed AND failed_at IS NULL
@@ -67,7 +90,7 @@ WHERE id = (SELECT id FROM jobs
 RETURNING id
 """
 
-# Cancel a pending row: delete it, unless a replica holds it (SKIP LOCKED, as above).
+# Cancel a pending row: delete it, unless another transaction holds it (as above).
 CANCEL_JOB: Final[LiteralString] = """
 DELETE FROM jobs
 WHERE id = (SELECT id FROM jobs
@@ -76,19 +99,15 @@ WHERE id = (SELECT id FROM jobs
 RETURNING id
 """
 
-# Why a reschedule or cancel touched nothing: no such row, settled, or held by a replica
-# (a row lock test that waits for nothing). An expired row reads 'published', as the
-# REST API has always answered: it left the queue.
-JOB_CONFLICT: Final[LiteralString] = """
-SELECT CASE WHEN processed THEN 'published' WHEN failed_at IS NOT NULL THEN 'dead'
-            ELSE 'pending' END AS state
-FROM jobs WHERE id = %(id)s
-"""
+# Why a reschedule or cancel touched nothing: no such row, settled (the maintained
+# `state` column: published, dead or expired), or pending and locked (a read that waits
+# for no lock).
+JOB_CONFLICT: Final[LiteralString] = "SELECT state FROM jobs WHERE id = %(id)s"
 
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """A row to insert. Times: `fire_at`, or `delay` seconds from the database's now()."""
+    """A row to insert. Times: `fire_at`, or `delay` seconds from the statement's time."""
 
     topic: str
     payload: str | bytes = ""  # bytes go in payload_bytes (published as they are)
@@ -96,7 +115,7 @@ class NewJob:
     delay: float = 0.0
     qos: int = 1
     retain: bool = False
-    expires_at: datetime | None = None  # or `expires_in` seconds from the database's now()
+    expires_at: datetime | None = None  # or `expires_in` seconds after fire_at
     expires_in: float | None = None
     dedupe_key: str | None = None
     content_type: str | None = None
@@ -105,20 +124,47 @@ class NewJob:
     correlation_data: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Added:
+    """What `insert_job` did: the job's id, and whether its dedupe key was taken (then
+    `id` is the existing row's and nothing was inserted)."""
+
+    id: int
+    deduplicated: bool
+
+
 class JobNotFound(DatabaseError):
     """No job has that id."""
 
 
 class JobConflict(DatabaseError):
-    """The job is not in a state that allows the change (settled, or being published)."""
+    """The job is not in a state that allows the change (settled, or locked by another
+    transaction: then `state` is 'pending')."""
 
     def __init__(self, message: str, state: str) -> None:
         super().__init__(message)
-        self.state = state
+        self.state: JobState = job_state(state)
 
 
 class Refused(DatabaseError):
-    """The database's checks refused the values (a constraint or trigger): the caller's to fix."""
+    """The database refused the values (a constraint, a trigger, or an expiry not after
+    the firing time): the caller's to fix."""
+
+
+def job_state(text: str) -> JobState:
+    """`text` as a JobState; ValueError for anything the state column never holds."""
+    for state in JOB_STATES:
+        if text == state:
+            return state
+    raise ValueError(f"not a job state: {text!r} (one of {', '.join(JOB_STATES)})")
+
+
+def expires_first_message(fire_at: datetime, expires_at: datetime) -> str:
+    """Why a job whose expiry is not after its firing time is refused (here and before SQL)."""
+    return (
+        f"the job would expire before it is published: expires_at {expires_at.isoformat()}"
+        f" is not after its firing time {fire_at.isoformat()}"
+    )
 
 
 # What a constraint or a type refuses: the values are wrong, retrying will not help.
@@ -151,6 +197,58 @@ def _translated(action: str) -> Iterator[None]:
             yield
         except REFUSED as exc:
             raise Refused(first_line(exc)) from exc
+        except pg_errors.LockNotAvailable as exc:
+            # Only a session with a lock_timeout (`jobpub add` sets one) gets here: the
+            # INSERT waits for an uncommitted row holding the same dedupe key.
+            raise DatabaseError(
+                f"{action}: gave up waiting for a lock another transaction holds (lock"
+                " timeout): a transaction that added the same dedupe key has not ended"
+            ) from exc
+
+
+# The steps of an operation: it yields (statement, parameters), is sent the row the
+# statement returned (None: no row), and returns its answer.
+Step = tuple[LiteralString, dict[str, Any]]
+Row = tuple[Any, ...] | None
+T = TypeVar("T")
+Steps = Generator[Step, Row, T]
+
+
+def _adding(job: NewJob) -> Steps[Added]:
+    row = yield ADD_JOB, _add_params(job)
+    assert row is not None  # noqa: S101 - a SELECT over the one-row CTE returns one row
+    job_id, expires_first, fire_at, expires_at = row
+    if expires_first:
+        raise Refused(expires_first_message(fire_at, expires_at))
+    if job_id is not None:
+        return Added(int(job_id), deduplicated=False)
+    # Only a taken dedupe key inserts nothing: a row without a key never conflicts.
+    assert job.dedupe_key is not None  # noqa: S101
+    found = yield DEDUPED_JOB, {"dedupe_key": job.dedupe_key}
+    if found is None:
+        # The row holding the key went (cancelled, pruned) between the two statements.
+        raise DatabaseError(
+            f"adding a job: the row with dedupe key {job.dedupe_key!r} was just deleted; retry"
+        )
+    return Added(int(found[0]), deduplicated=True)
+
+
+def _changing(statement: LiteralString, params: dict[str, Any], verb: str) -> Steps[None]:
+    """A change of a pending row (RESCHEDULE_JOB, CANCEL_JOB); why not, when it touched none."""
+    job_id = params["id"]
+    if (yield statement, params) is not None:
+        return
+    found = yield JOB_CONFLICT, {"id": job_id}
+    if found is None:
+        raise JobNotFound(f"no job has id {job_id}")
+    state = job_state(str(found[0]))
+    if state == "pending":
+        raise JobConflict(
+            f"job {job_id} is locked by another transaction (a replica publishing it, or"
+            f" another writer) and cannot be {verb}",
+            state,
+        )
+    raise JobConflict(f"job {job_id} is {state}, no longer pending: not {verb}", state)
 
 
 def _add_params(job: NewJob) -> dict[str, Any]:
@@ -175,85 +273,89 @@ def _add_params(job: NewJob) -> dict[str, Any]:
     }
 
 
-def _conflict(job_id: int, row: tuple[Any, ...] | None, verb: str) -> DatabaseError:
-    """Why a pending-only change touched nothing, as the exception to raise."""
-    if row is None:
-        return JobNotFound(f"no job has id {job_id}")
-    state = str(row[0])
-    if state == "pending":
-        return JobConflict(f"job {job_id} is being published right now and cannot be {verb}", state)
-    return JobConflict(f"job {job_id} is {state}, no longer pending: not {verb}", state)
+def _rescheduling(job_id: int, fire_at: datetime | None, delay: float) -> Steps[None]:
+    params = {"id": job_id, "fire_at": fire_at, "delay": delay}
+    return _changing(RESCHEDULE_JOB, params, "rescheduled")
 
 
-def _vanished(key: str) -> DatabaseError:
-    # The row holding the key went (cancelled, pruned) between the two statements.
-    return DatabaseError(f"adding a job: the row with dedupe key {key!r} was just deleted; retry")
+def _cancelling(job_id: int) -> Steps[None]:
+    return _changing(CANCEL_JOB, {"id": job_id}, "cancelled")
+
+
+# The drivers: the same loop, one awaiting and one blocking.
+
+
+async def _run(
+    connection: AsyncConnection,
+    action: str,
+    steps: Steps[T],
+) -> T:
+    with _translated(action):
+        async with connection.cursor(row_factory=tuple_row) as cursor:
+            step = next(steps)
+            while True:
+                await cursor.execute(*step)
+                try:
+                    step = steps.send(await cursor.fetchone())
+                except StopIteration as done:
+                    return cast(T, done.value)
+
+
+def _run_sync(
+    connection: SyncConnection,
+    action: str,
+    steps: Steps[T],
+) -> T:
+    with _translated(action), connection.cursor(row_factory=tuple_row) as cursor:
+        step = next(steps)
+        while True:
+            cursor.execute(*step)
+            try:
+                step = steps.send(cursor.fetchone())
+            except StopIteration as done:
+                return cast(T, done.value)
 
 
 # Async, for the REST API and `jobpub` commands (and jobpub.client's *_async functions).
 
 
+async def insert_job(connection: AsyncConnection, job: NewJob) -> Added:
+    """Insert `job`, or with its dedupe key taken, find the key's row."""
+    return await _run(connection, "adding a job", _adding(job))
+
+
 async def add_job(connection: AsyncConnection, job: NewJob) -> int:
     """Insert `job`; its id, or with a dedupe key already taken, the id of the key's row."""
-    with _translated("adding a job"):
-        row = await (await connection.execute(ADD_JOB, _add_params(job))).fetchone()
-        if row is None and job.dedupe_key is not None:
-            params = {"dedupe_key": job.dedupe_key}
-            row = await (await connection.execute(DEDUPED_JOB, params)).fetchone()
-            if row is None:
-                raise _vanished(job.dedupe_key)
-    assert row is not None  # noqa: S101 - without a key, INSERT … RETURNING returns the row
-    return int(row[0])
+    return (await insert_job(connection, job)).id
 
 
 async def reschedule_job(
     connection: AsyncConnection, job_id: int, fire_at: datetime | None, delay: float
 ) -> None:
-    """Move a pending job to `fire_at` (or `delay` s from now()); JobNotFound, JobConflict."""
-    params = {"id": job_id, "fire_at": fire_at, "delay": delay}
-    with _translated(f"rescheduling job {job_id}"):
-        if await (await connection.execute(RESCHEDULE_JOB, params)).fetchone() is None:
-            found = await (await connection.execute(JOB_CONFLICT, {"id": job_id})).fetchone()
-            raise _conflict(job_id, found, "rescheduled")
+    """Move a pending job to `fire_at` (or `delay` s from now); JobNotFound, JobConflict."""
+    await _run(connection, f"rescheduling job {job_id}", _rescheduling(job_id, fire_at, delay))
 
 
 async def cancel_job(connection: AsyncConnection, job_id: int) -> None:
     """Delete a pending job; JobNotFound, or JobConflict when it is not pending."""
-    with _translated(f"cancelling job {job_id}"):
-        if await (await connection.execute(CANCEL_JOB, {"id": job_id})).fetchone() is None:
-            found = await (await connection.execute(JOB_CONFLICT, {"id": job_id})).fetchone()
-            raise _conflict(job_id, found, "cancelled")
+    await _run(connection, f"cancelling job {job_id}", _cancelling(job_id))
 
 
-# Sync: the same statements and halves on a blocking connection.
+# Sync: the same steps on a blocking connection.
 
 
 def add_job_sync(connection: SyncConnection, job: NewJob) -> int:
     """Insert `job`; its id, or with a dedupe key already taken, the id of the key's row."""
-    with _translated("adding a job"):
-        row = connection.execute(ADD_JOB, _add_params(job)).fetchone()
-        if row is None and job.dedupe_key is not None:
-            row = connection.execute(DEDUPED_JOB, {"dedupe_key": job.dedupe_key}).fetchone()
-            if row is None:
-                raise _vanished(job.dedupe_key)
-    assert row is not None  # noqa: S101 - without a key, INSERT … RETURNING returns the row
-    return int(row[0])
+    return _run_sync(connection, "adding a job", _adding(job)).id
 
 
 def reschedule_job_sync(
     connection: SyncConnection, job_id: int, fire_at: datetime | None, delay: float
 ) -> None:
-    """Move a pending job to `fire_at` (or `delay` s from now()); JobNotFound, JobConflict."""
-    params = {"id": job_id, "fire_at": fire_at, "delay": delay}
-    with _translated(f"rescheduling job {job_id}"):
-        if connection.execute(RESCHEDULE_JOB, params).fetchone() is None:
-            found = connection.execute(JOB_CONFLICT, {"id": job_id}).fetchone()
-            raise _conflict(job_id, found, "rescheduled")
+    """Move a pending job to `fire_at` (or `delay` s from now); JobNotFound, JobConflict."""
+    _run_sync(connection, f"rescheduling job {job_id}", _rescheduling(job_id, fire_at, delay))
 
 
 def cancel_job_sync(connection: SyncConnection, job_id: int) -> None:
     """Delete a pending job; JobNotFound, or JobConflict when it is not pending."""
-    with _translated(f"cancelling job {job_id}"):
-        if connection.execute(CANCEL_JOB, {"id": job_id}).fetchone() is None:
-            found = connection.execute(JOB_CONFLICT, {"id": job_id}).fetchone()
-            raise _conflict(job_id, found, "cancelled")
+    _run_sync(connection, f"cancelling job {job_id}", _cancelling(job_id))

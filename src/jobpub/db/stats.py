@@ -2,7 +2,7 @@
 overview and `jobpub stats` read the same numbers.
 
 Nothing counts a whole table: counts are exact up to COUNT_CAP rows and labelled "at
-least" beyond; the table's size is the planner's estimate.
+least" beyond; the table's size and the expired rows are the planner's statistics.
 """
 
 from __future__ import annotations
@@ -19,22 +19,38 @@ from jobpub.db.database import Connection
 COUNT_CAP: Final = 100_000
 
 # The overview's numbers in one round trip. Pending counts walk the partial index
-# jobs_pending_fire_at_idx and stop at the cap; the oldest due row is its first entry.
-# Dead rows have no index of their own: capped too. The table's size is the planner's
-# estimate (reltuples, -1 before the first ANALYZE), so "published" is approximate.
+# jobs_pending_fire_at_idx and stop at the cap. Due is the claim's own test
+# (queries.CLAIM_DUE_JOBS, less the replica's lookahead and partition): fire_at passed and
+# no retry backoff still running, so a row waiting out its backoff is pending, not due; the
+# oldest due row is the first such entry of the index. Dead rows have no index of their
+# own: capped too. Expired rows are settled like published ones and no index tells them
+# apart (counting them reads every settled row): their share of the table comes from the
+# statistics ANALYZE keeps of the `state` column (0 before the first ANALYZE, or when too
+# few to be sampled), times the table's size, the planner's estimate (reltuples, -1
+# before the first ANALYZE); published is that size less the other states, approximate.
 STATS: Final[LiteralString] = """
 SELECT
     (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE NOT processed AND failed_at IS NULL
                            LIMIT %(cap)s) AS capped) AS pending,
     (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE NOT processed AND failed_at IS NULL
-                             AND fire_at <= now() LIMIT %(cap)s) AS capped) AS due,
+                             AND fire_at <= now()
+                             AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+                           LIMIT %(cap)s) AS capped) AS due,
     (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE failed_at IS NOT NULL AND NOT processed
                            LIMIT %(cap)s) AS capped) AS dead,
     (SELECT extract(epoch FROM now() - fire_at)::float8 FROM jobs
      WHERE NOT processed AND failed_at IS NULL AND fire_at <= now()
+       AND (next_attempt_at IS NULL OR next_attempt_at <= now())
      ORDER BY fire_at, id LIMIT 1) AS oldest_due_age_s,
     (SELECT greatest(reltuples, 0)::bigint FROM pg_class
      WHERE oid = to_regclass('jobs')) AS total_estimate,
+    (SELECT coalesce(max(stats.most_common_freqs[
+                array_position(stats.most_common_vals::text::text[], 'expired')]), 0)::float8
+     FROM pg_stats AS stats
+     JOIN pg_class AS jobs_table ON jobs_table.oid = to_regclass('jobs')
+     JOIN pg_namespace AS namespace ON namespace.oid = jobs_table.relnamespace
+     WHERE stats.schemaname = namespace.nspname AND stats.tablename = jobs_table.relname
+       AND stats.attname = 'state' AND NOT stats.inherited) AS expired_share,
     (SELECT count(*) FROM schedules) AS schedules,
     (SELECT count(*) FROM schedules WHERE enabled) AS schedules_enabled,
     now() AS measured_at
@@ -70,9 +86,10 @@ class Count:
 @dataclass(frozen=True, slots=True)
 class Stats:
     pending: Count
-    due: Count
+    due: Count  # as the claim judges it: a row waiting out a retry's backoff is not due
     dead: Count
-    published: Count  # the table's estimated size less pending and dead: never exact
+    expired: Count  # the planner's statistics: never exact
+    published: Count  # the table's estimated size less the other states: never exact
     oldest_due_age_s: float | None
     schedules: int
     schedules_enabled: int
@@ -98,11 +115,14 @@ async def read_stats(connection: Connection) -> Stats:
         row = await cursor.fetchone()
     assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
     pending, dead = _capped(row["pending"]), _capped(row["dead"])
-    published = max(0, int(row["total_estimate"]) - pending.value - dead.value)
+    total = int(row["total_estimate"])
+    expired = round(total * float(row["expired_share"]))
+    published = max(0, total - pending.value - dead.value - expired)
     return Stats(
         pending=pending,
         due=_capped(row["due"]),
         dead=dead,
+        expired=Count(expired, exact=False),
         published=Count(published, exact=False),
         oldest_due_age_s=row["oldest_due_age_s"],
         schedules=int(row["schedules"]),
