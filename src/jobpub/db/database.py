@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -100,13 +100,21 @@ class _Translate:
             raise DatabaseError(f"{self._action}: {str(exc).strip()}") from exc
 
 
+# libpq waits for a connection without limit by default: a shell command (`jobpub
+# schedule`, `jobpub pause`) or a LISTEN connection would hang on an unanswered SYN.
+CONNECT_TIMEOUT_S: Final = 10
+
+
 async def connect(
     url: str, *, autocommit: bool = False, connect_timeout: int | None = None
 ) -> Connection:
-    """A connection of its own, outside any pool (administration, LISTEN, recovery)."""
+    """A connection of its own, outside any pool (administration, LISTEN, recovery).
+    Connecting waits `connect_timeout` seconds, or the URL's own, or CONNECT_TIMEOUT_S."""
     options: dict[str, int] = keepalive_options(url)
     if connect_timeout is not None:
         options["connect_timeout"] = connect_timeout
+    elif conninfo_to_dict(url).get("connect_timeout") is None:
+        options["connect_timeout"] = CONNECT_TIMEOUT_S
     return await psycopg.AsyncConnection.connect(
         make_conninfo(url, **options), autocommit=autocommit
     )
