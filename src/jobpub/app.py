@@ -76,7 +76,7 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
         DeliveryProbe(
             _probe_config(settings),
             ProbeScheduler(database),
-            ProbeSeat(settings.database_url.get_secret_value()),
+            ProbeSeat(settings.database_url.get_secret_value(), settings.hold_timeout),
             publisher.subscriber_connection,
             metrics,
         )

@@ -151,6 +151,17 @@ class Metrics:
             "1 while this replica is the elected probe subscriber and subscribed.",
             registry=r,
         )
+        # Every replica: what the probe alerts need to tell "probe off" from "broken".
+        self.probe_interval = Gauge(
+            "jobpub_probe_interval_seconds",
+            "JOBPUB_PROBE_INTERVAL while the delivery probe runs on this replica; 0: off.",
+            registry=r,
+        )
+        self.probe_last_received = Gauge(
+            "jobpub_probe_last_received_timestamp_seconds",
+            "Unix time this replica last received a delivery probe (or its probe started).",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

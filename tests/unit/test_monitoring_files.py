@@ -45,6 +45,8 @@ REQUIRED_ALERTS = {
     "JobpubPublishLagHigh",
     "JobpubDeadJobsIncreasing",
     "JobpubProbesMissing",
+    "JobpubProbeNoSubscriber",
+    "JobpubProbesNotReceived",
 }
 DATASOURCE = "${datasource}"
 

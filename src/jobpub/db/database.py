@@ -100,6 +100,22 @@ class _Translate:
             raise DatabaseError(f"{self._action}: {str(exc).strip()}") from exc
 
 
+async def limit_session(connection: Connection, hold_timeout: float) -> None:
+    """The server's bounds on a session (SESSION_LIMITS): `hold_timeout` seconds for a
+    statement or an idle transaction, and keepalives on its side of the socket, so the
+    session of a peer gone silent ends (and its locks with it) in about 25 s."""
+    await connection.execute(
+        queries.SESSION_LIMITS,
+        {
+            "hold_timeout_ms": str(round(hold_timeout * 1000)),
+            "keepalives_idle": str(KEEPALIVE_IDLE),
+            "keepalives_interval": str(KEEPALIVE_INTERVAL),
+            "keepalives_count": str(KEEPALIVE_COUNT),
+            "tcp_user_timeout_ms": str(TCP_USER_TIMEOUT_MS),
+        },
+    )
+
+
 # libpq waits for a connection without limit by default: a shell command (`jobpub
 # schedule`, `jobpub pause`) or a LISTEN connection would hang on an unanswered SYN.
 CONNECT_TIMEOUT_S: Final = 10
@@ -213,16 +229,7 @@ class Database:
         """
         if self._hold_timeout is None:
             return
-        await connection.execute(
-            queries.SESSION_LIMITS,
-            {
-                "hold_timeout_ms": str(round(self._hold_timeout * 1000)),
-                "keepalives_idle": str(KEEPALIVE_IDLE),
-                "keepalives_interval": str(KEEPALIVE_INTERVAL),
-                "keepalives_count": str(KEEPALIVE_COUNT),
-                "tcp_user_timeout_ms": str(TCP_USER_TIMEOUT_MS),
-            },
-        )
+        await limit_session(connection, self._hold_timeout)
         await connection.commit()
 
     async def close(self) -> None:
