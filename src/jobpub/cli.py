@@ -16,7 +16,7 @@ import structlog
 from pydantic import SecretStr, ValidationError
 
 from jobpub import __version__, app, client, logs, migrations
-from jobpub.db.admin import migrate, requeue
+from jobpub.db.admin import allow_probe_topic, migrate, requeue
 from jobpub.db.database import Connection, command_transaction
 from jobpub.db.pauses import InvalidFilter, list_pauses, pause, resume
 from jobpub.db.producer import insert_job
@@ -505,4 +505,13 @@ async def _migrate(settings: Settings, wait: float) -> int:
             log.exception("migrate_failed", error=str(exc))
             return EXIT_FAILED
         log.info("migrated", applied=applied, up_to_date=not applied)
-        return EXIT_OK
+        break
+    if settings.probe_topic:
+        # Replicas connecting as jobpub_daemon may probe only the topic the owner allowed.
+        try:
+            await allow_probe_topic(settings.database_url.get_secret_value(), settings.probe_topic)
+        except DatabaseError as exc:
+            log.exception("probe_topic_not_allowed", topic=settings.probe_topic, error=str(exc))
+            return EXIT_FAILED
+        log.info("probe_topic_allowed", topic=settings.probe_topic)
+    return EXIT_OK

@@ -4,6 +4,8 @@ jobs, one elected replica receives them, and an ACL that drops them shows as mis
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,8 @@ from jobpub.db.probes import ProbeSeat
 from jobpub.metrics import Metrics
 from jobpub.mqtt import PROTOCOL_V5, PROTOCOL_V311, InboundMessage, Message, MqttConnection
 from testbed.broker import Broker, start_broker
-from testbed.daemon import make_settings, running
-from testbed.sql import scalar_async
+from testbed.daemon import env_for, make_settings, running
+from testbed.sql import scalar, scalar_async
 from testbed.waiting import eventually
 from tests.integration.test_security import login_role
 
@@ -185,6 +187,17 @@ async def test_the_probe_runs_as_the_least_privileged_role(
     assert await scalar_async(
         db_url, "SELECT count(*) >= 2 FROM delivery_probes WHERE received_at IS NOT NULL"
     )
+
+
+def test_migrate_allows_the_configured_probe_topic(db_url: str) -> None:
+    """`jobpub migrate` runs as the owner: with JOBPUB_PROBE_TOPIC set it allows that topic,
+    so a fleet of jobpub_daemon replicas probes without a hand-run statement."""
+    env = env_for(db_url, "mqtt://127.0.0.1:1883", probe_topic="ops/probe")
+    done = subprocess.run([sys.executable, "-m", "jobpub", "migrate"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "probe_topic_allowed" in done.stderr + done.stdout
+    assert scalar(db_url, "SELECT topic FROM delivery_probe_topic") == "ops/probe"
 
 
 async def test_the_daemon_may_schedule_probes_only_on_the_allowed_topic(
