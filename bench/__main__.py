@@ -33,10 +33,16 @@ def _chaos(bench: Bench, args: argparse.Namespace) -> list[ScenarioResult]:
 
 # Commands that run one thing on their own, each from its own module.
 SINGLE: dict[str, Callable[[Bench, argparse.Namespace], list[ScenarioResult]]] = {
-    # --repeat runs, on the first --replicas count
+    # --repeat runs on the first --replicas count, each followed by the broker's floor
     "schedules": lambda bench, args: [
-        schedules.schedules(bench, args.jobs or 10_000, int(args.replicas.split(",")[0]))
+        result
         for _ in range(args.repeat)
+        for result in (
+            schedules.schedules(
+                bench, args.jobs or 10_000, int(args.replicas.split(",")[0]), trace=args.trace
+            ),
+            schedules.broker_floor(bench, args.jobs or 10_000),
+        )
     ],
     "capacity": lambda bench, args: capacity.measure(bench, args.database, repeat=args.repeat),
     "scale": lambda bench, args: scale.run(bench, args.cases, args.repeat),
@@ -153,6 +159,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--old-rows", type=int, default=2_000_000,
         help="retention: old published rows pruned during the drain (default 2,000,000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trace", action="store_true",
+        help="schedules: strace the replicas' broker sockets and compare three more "
+        "subscribers (a diagnostic: tracing slows the replicas)",
     )  # fmt: skip
     parser.add_argument("--name", default=None, help="results file name (default: what)")
     parser.add_argument(

@@ -4,29 +4,48 @@ Each schedule is a 6-field cron expression naming one second a little ahead (UTC
 each fires once in the run. The replicas materialise the occurrences ahead of time (as
 they would at 09:00 every day) and publish them on time. Reported: the subscriber's lag
 after the occurrence (the target: p99 <= 50 ms without spread), and where it goes:
-jobpub's hand-off (jobpub_publish_lag_seconds: fire_at to the publish call) against
-the rest (the broker's fan-out to the subscriber).
+jobpub's hand-off (jobpub_publish_lag_seconds: fire_at to the publish call), the CPU
+each process spent on the burst (the broker handles its messages one after another, so
+its CPU time is a floor under the spread of arrivals), and the machine's load.
+`--trace` adds, from `strace` of the replicas (bench.sendtrace), when their PUBLISH
+bytes left and their PUBACKs came back, and three more subscribers (QoS 0, and a shared
+subscription of four) to show whether the measuring subscriber holds arrivals back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import os
 import time
+from typing import Any
 
 import psycopg
 
-from bench.harness import Bench, ReplicaProcess, ScenarioResult, VerifyingSubscriber, check_delivery
+from bench.capacity import BACKEND_PIDS, process_cpu_seconds
+from bench.harness import (
+    Arrivals,
+    Bench,
+    ReplicaProcess,
+    ScenarioResult,
+    VerifyingSubscriber,
+    check_delivery,
+)
+from bench.sendtrace import SendTrace, byte_percentiles
+from jobpub.mqtt import PROTOCOL_V5, UTF8_PAYLOAD, Message, MqttConnection
 
 # Seconds from the INSERT to the occurrence: the materialisation of 10,000 schedules
 # (20 passes of 500) must finish before it, with room on a busy machine.
 LEAD = 40.0
 
 
-def schedules(bench: Bench, count: int, replicas: int = 1) -> ScenarioResult:
+def schedules(bench: Bench, count: int, replicas: int = 1, trace: bool = False) -> ScenarioResult:
     prefix = "bench/schedules"
     bench.reset()
     with psycopg.connect(bench.db_url, autocommit=True) as conn:
         conn.execute("DELETE FROM schedules")
     subscriber = VerifyingSubscriber(bench.broker.port, prefix, bench.work)
+    others = _comparison_subscribers(bench, prefix) if trace else {}
     with bench.replicas(replicas) as running:
         for replica in running:
             replica.mark()
@@ -42,12 +61,24 @@ def schedules(bench: Bench, count: int, replicas: int = 1) -> ScenarioResult:
         inserted = time.time()
         materialised_after = _wait_materialised(bench, count, occurrence)
         materialised = materialised_after - inserted
+        # The burst's CPU is counted from a second before the occurrence: the replicas
+        # claim up to their lookahead (at most a second here) ahead.
+        time.sleep(max(0.0, occurrence - 1.0 - time.time()))
+        load = os.getloadavg()[0]
+        before = _cpu_seconds(bench, running, subscriber)
+        traces = [
+            SendTrace(r.process.pid, bench.broker.port, bench.work / f"strace-{r.process.pid}")
+            for r in running
+        ] if trace else []  # fmt: skip
         bench.wait_drained(timeout=LEAD + 120)
+        subscriber.wait_settled(count, timeout=60)
+        cpu_ms = _cpu_ms(before, _cpu_seconds(bench, running, subscriber))
+        sent = [t.stop() for t in traces]
         handoff = _handoff_percentiles(running)
         usage = [replica.usage() for replica in running]
-    subscriber.wait_settled(count, timeout=60)
     arrivals = subscriber.stop()
-    delivery = check_delivery(dict.fromkeys(range(1, count + 1), occurrence), arrivals)
+    expected = dict.fromkeys(range(1, count + 1), occurrence)
+    delivery = check_delivery(expected, arrivals)
     spread_ms = _arrival_span_ms(arrivals.times)
     with psycopg.connect(bench.db_url) as conn:
         row = conn.execute(
@@ -57,6 +88,31 @@ def schedules(bench: Bench, count: int, replicas: int = 1) -> ScenarioResult:
         ).fetchone()
     if row is None:
         raise RuntimeError("no percentile row")
+    notes: dict[str, Any] = {
+        "load_average_1m": round(load, 2),
+        "materialised_s": round(materialised, 2),
+        "materialised_before_occurrence_s": round(occurrence - materialised_after, 2),
+        "handoff_lag_le_ms": handoff,
+        "marked_p99_ms": round(float(row[0]), 1),
+        "rows": int(row[2]),
+        "schedules_with_rows": int(row[1]),
+        "first_to_last_arrival_ms": spread_ms,
+        "burst_cpu_ms": cpu_ms,
+        "target_p99_ms": 50,
+        "target_met": delivery.lag_p99_ms <= 50 and delivery.lost == 0,
+    }
+    if trace:
+        writes = [call for calls, _ in sent for call in calls]
+        reads = [call for _, calls in sent for call in calls]
+        notes["traced_sent_ms"] = byte_percentiles(writes, occurrence)
+        notes["traced_acks_read_ms"] = byte_percentiles(reads, occurrence)
+        notes["traced_writes"] = len(writes)
+        for name, other in others.items():
+            seen = check_delivery(expected, _merged(other))
+            notes[f"subscriber_{name}_ms"] = {
+                "lost": seen.lost, "p50": seen.lag_p50_ms, "p99": seen.lag_p99_ms,
+                "max": seen.lag_max_ms,
+            }  # fmt: skip
     return ScenarioResult(
         f"schedules-{replicas}",
         replicas,
@@ -64,18 +120,104 @@ def schedules(bench: Bench, count: int, replicas: int = 1) -> ScenarioResult:
         round(count / max(delivery.lag_max_ms / 1000, 1e-3)),
         delivery,
         usage,
+        notes,
+    )
+
+
+def broker_floor(bench: Bench, count: int) -> ScenarioResult:
+    """The same burst with no database and no schedule: `count` messages built in
+    advance and handed in one call to one connection of jobpub's MQTT writer (which
+    encodes them and writes them with all in flight), received by the same subscriber.
+    Its lag is what the broker and the subscriber alone take, plus one encoding pass: a
+    floor under the replicas' figures, measured under the same load."""
+    prefix = "bench/floor"
+    broker = bench.broker.process
+    if broker is None:
+        raise RuntimeError("the bench broker is not running")
+    subscriber = VerifyingSubscriber(bench.broker.port, prefix, bench.work)
+    load = os.getloadavg()[0]
+    before = process_cpu_seconds(broker.pid)
+    started = asyncio.run(_publish_at_once(bench.broker.port, prefix, count))
+    subscriber.wait_settled(count, timeout=60)
+    broker_ms = (process_cpu_seconds(broker.pid) - before) * 1000
+    arrivals = subscriber.stop()
+    delivery = check_delivery(dict.fromkeys(range(1, count + 1), started), arrivals)
+    return ScenarioResult(
+        "schedules-floor",
+        0,
+        count,
+        round(count / max(delivery.lag_max_ms / 1000, 1e-3)),
+        delivery,
+        [],
         {
-            "materialised_s": round(materialised, 2),
-            "materialised_before_occurrence_s": round(occurrence - materialised_after, 2),
-            "handoff_lag_le_ms": handoff,
-            "marked_p99_ms": round(float(row[0]), 1),
-            "rows": int(row[2]),
-            "schedules_with_rows": int(row[1]),
-            "first_to_last_arrival_ms": spread_ms,
-            "target_p99_ms": 50,
-            "target_met": delivery.lag_p99_ms <= 50 and delivery.lost == 0,
+            "load_average_1m": round(load, 2),
+            "first_to_last_arrival_ms": _arrival_span_ms(arrivals.times),
+            "broker_cpu_ms": round(broker_ms),
         },
     )
+
+
+async def _publish_at_once(port: int, prefix: str, count: int) -> float:
+    """Publish `count` QoS 1 messages like a replica's (job id as a user property) in
+    one call, all in flight at once; time.time() of the call."""
+    messages = [
+        Message(f"{prefix}/{i}", b"{}", 1, False, (("jobpub-job-id", str(i)),), UTF8_PAYLOAD)
+        for i in range(1, count + 1)
+    ]
+    async with MqttConnection(
+        "127.0.0.1", port, client_id="bench-floor", protocol=PROTOCOL_V5, inflight=65535
+    ) as connection:
+        started = time.time()
+        await connection.publish(messages)
+    return started
+
+
+def _comparison_subscribers(bench: Bench, prefix: str) -> dict[str, list[VerifyingSubscriber]]:
+    """A QoS 0 subscriber (no PUBACK to send back) and a shared subscription of four
+    (the broker hands each message to one of them, so no one process receives all)."""
+    port = bench.broker.port
+    return {
+        "qos0": [VerifyingSubscriber(port, prefix, bench.work, qos=0, label="-qos0")],
+        "shared4": [
+            VerifyingSubscriber(port, prefix, bench.work, share="bench", label=f"-shared{n}")
+            for n in range(4)
+        ],
+    }
+
+
+def _merged(group: list[VerifyingSubscriber]) -> Arrivals:
+    merged = Arrivals({}, collections.Counter())
+    for member in group:
+        for job_id, times in member.stop().times.items():
+            merged.times.setdefault(job_id, []).extend(times)
+    return merged
+
+
+def _cpu_seconds(
+    bench: Bench, replicas: list[ReplicaProcess], subscriber: VerifyingSubscriber
+) -> dict[str, float]:
+    """CPU seconds so far of the replicas, the bench database's PostgreSQL backends, the
+    broker and the measuring subscriber. Backends opened later count from 0."""
+    with psycopg.connect(bench.db_url, autocommit=True) as conn:
+        pids = [row[0] for row in conn.execute(BACKEND_PIDS, {"database": bench.db_name})]
+    broker = bench.broker.process
+    return {
+        "replicas": sum(process_cpu_seconds(r.process.pid) for r in replicas),
+        **{f"backend-{pid}": process_cpu_seconds(pid) for pid in pids},
+        "broker": process_cpu_seconds(broker.pid) if broker else 0.0,
+        "subscriber": process_cpu_seconds(subscriber.pid),
+    }
+
+
+def _cpu_ms(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    spent = {name: cpu - before.get(name, 0.0) for name, cpu in after.items()}
+    postgres = sum(cpu for name, cpu in spent.items() if name.startswith("backend-"))
+    return {
+        "replicas": round(spent["replicas"] * 1000),
+        "postgres": round(postgres * 1000),
+        "broker": round(spent["broker"] * 1000),
+        "subscriber": round(spent["subscriber"] * 1000),
+    }
 
 
 def _wait_materialised(bench: Bench, count: int, occurrence: float) -> float:
