@@ -108,6 +108,7 @@ def main() -> int:
         "chaos": render_chaos_chart,
         "scale": scale.render_chart,
         "capacity": capacity.render_chart,
+        "schedules": schedules.render_chart,
     }
     chart = charts.get(args.what, render_chart)
     chart(results, RESULTS / f"{name}.png")
