@@ -39,7 +39,11 @@ SINGLE: dict[str, Callable[[Bench, argparse.Namespace], list[ScenarioResult]]] =
         for _ in range(args.repeat)
         for result in (
             schedules.schedules(
-                bench, args.jobs or 10_000, int(args.replicas.split(",")[0]), trace=args.trace
+                bench,
+                args.jobs or 10_000,
+                int(args.replicas.split(",")[0]),
+                trace=args.trace,
+                spread=args.schedule_spread,
             ),
             schedules.broker_floor(bench, args.jobs or 10_000),
         )
@@ -160,6 +164,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--old-rows", type=int, default=2_000_000,
         help="retention: old published rows pruned during the drain (default 2,000,000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--schedule-spread", type=float, default=0.0, metavar="SECONDS",
+        help="schedules: each schedule's spread; lag then counts from each row's fire_at",
     )  # fmt: skip
     parser.add_argument(
         "--trace", action="store_true",

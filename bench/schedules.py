@@ -45,7 +45,11 @@ TARGET_P99_MS = 50
 LEAD = 40.0
 
 
-def schedules(bench: Bench, count: int, replicas: int = 1, trace: bool = False) -> ScenarioResult:
+def schedules(
+    bench: Bench, count: int, replicas: int = 1, trace: bool = False, spread: float = 0.0
+) -> ScenarioResult:
+    """`count` schedules firing in one second; with `spread` (seconds), each occurrence's
+    row falls due at its own point within the spread, and lag counts from that point."""
     prefix = "bench/schedules"
     bench.reset()
     with psycopg.connect(bench.db_url, autocommit=True) as conn:
@@ -60,9 +64,10 @@ def schedules(bench: Bench, count: int, replicas: int = 1, trace: bool = False) 
         cron = f"{when.tm_sec} {when.tm_min} {when.tm_hour} * * *"
         with psycopg.connect(bench.db_url, autocommit=True) as conn:
             conn.execute(
-                "INSERT INTO schedules (name, topic, payload, cron) "
-                "SELECT 'bench-' || i, %s || '/' || i, '{}', %s FROM generate_series(1, %s) i",
-                (prefix, cron, count),
+                "INSERT INTO schedules (name, topic, payload, cron, spread) "
+                "SELECT 'bench-' || i, %s || '/' || i, '{}', %s, make_interval(secs => %s)"
+                " FROM generate_series(1, %s) i",
+                (prefix, cron, spread, count),
             )
         inserted = time.time()
         materialised_after = _wait_materialised(bench, count, occurrence)
@@ -83,7 +88,7 @@ def schedules(bench: Bench, count: int, replicas: int = 1, trace: bool = False) 
         handoff = _handoff_percentiles(running)
         usage = [replica.usage() for replica in running]
     arrivals = subscriber.stop()
-    expected = dict.fromkeys(range(1, count + 1), occurrence)
+    expected = _fire_ats(bench) if spread else dict.fromkeys(range(1, count + 1), occurrence)
     delivery = check_delivery(expected, arrivals)
     spread_ms = _arrival_span_ms(arrivals.times)
     with psycopg.connect(bench.db_url) as conn:
@@ -106,6 +111,7 @@ def schedules(bench: Bench, count: int, replicas: int = 1, trace: bool = False) 
         "burst_cpu_ms": cpu_ms,
         "target_p99_ms": TARGET_P99_MS,
         "target_met": delivery.lag_p99_ms <= TARGET_P99_MS and delivery.lost == 0,
+        **({"spread_s": spread} if spread else {}),
     }
     if trace:
         writes = [call for calls, _ in sent for call in calls]
@@ -176,6 +182,17 @@ async def _publish_at_once(port: int, prefix: str, count: int) -> float:
         started = time.time()
         await connection.publish(messages)
     return started
+
+
+def _fire_ats(bench: Bench) -> dict[int, float]:
+    """Each schedule's row's fire_at (its occurrence plus its spread offset), by the
+    number its name (and topic) ends with."""
+    with psycopg.connect(bench.db_url) as conn:
+        rows = conn.execute(
+            "SELECT split_part(schedule_name, '-', 2)::int, extract(epoch FROM fire_at)::float8"
+            " FROM jobs"
+        ).fetchall()
+    return {int(number): float(due) for number, due in rows}
 
 
 def _comparison_subscribers(bench: Bench, prefix: str) -> dict[str, list[VerifyingSubscriber]]:
