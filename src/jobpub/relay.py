@@ -79,6 +79,13 @@ class RateBudget(Protocol):
         """Seconds until `take(wanted)` grants rows."""
 
 
+# Jobs due together are handed to the publisher this many at a time, yielding between
+# hand-offs. Building and encoding a message costs about 9 us of CPU: a held batch of
+# 5,000 due at once took 30-70 ms before its first byte left (one replica, loaded 2-core
+# machine). In groups the broker starts on the first while the rest are built, and the
+# acks that free the in-flight window are read meanwhile.
+PUBLISH_GROUP = 500
+
 # The longest single wait for rate budget: the loop's heartbeat (/healthz) keeps beating
 # under a tiny limit, and a new share from the replica heartbeat is taken up soon.
 BUDGET_WAIT_MAX = 1.0
@@ -370,13 +377,16 @@ class Relay(Generic[BatchT]):
             if hold_timeout is not None and now - origin > hold_timeout:
                 break  # frozen past the hold (SIGSTOP): the claim is lost, send no more
             end = start
-            while end < len(jobs) and origin + jobs[end].due_in <= now:
+            last = min(len(jobs), start + PUBLISH_GROUP)
+            while end < last and origin + jobs[end].due_in <= now:
                 end += 1
             if end > start:
                 ready = jobs[start:end]
                 lag.observe_many([now - origin - job.due_in for job in ready])
                 pending.append(self._publisher.publish(ready))
                 start = end
+                if end == last and end < len(jobs):
+                    await asyncio.sleep(0)  # let the bytes go and the acks in
             else:
                 await asyncio.sleep(origin + jobs[start].due_in - now)
         sent = [outcome for group in await asyncio.gather(*pending) for outcome in group]
