@@ -108,6 +108,7 @@ def schedules(
         "rows": int(row[2]),
         "schedules_with_rows": int(row[1]),
         "first_to_last_arrival_ms": spread_ms,
+        "first_arrival_ms": _first_arrival_ms(arrivals.times, expected),
         "burst_cpu_ms": cpu_ms,
         "target_p99_ms": TARGET_P99_MS,
         "target_met": delivery.lag_p99_ms <= TARGET_P99_MS and delivery.lost == 0,
@@ -267,6 +268,12 @@ def _handoff_percentiles(replicas: list[ReplicaProcess]) -> dict[str, float]:
         bound = next((b for b in sorted(merged) if merged[b] >= share * total), float("inf"))
         result[f"p{round(share * 100)}"] = bound * 1000
     return result
+
+
+def _first_arrival_ms(times: dict[int, list[float]], fire_at: dict[int, float]) -> float:
+    """The earliest lag of all: when the first message of the burst arrived."""
+    lags = [min(t) - fire_at[job_id] for job_id, t in times.items() if t and job_id in fire_at]
+    return round(min(lags) * 1000, 1) if lags else float("nan")
 
 
 def _arrival_span_ms(times: dict[int, list[float]]) -> float:
