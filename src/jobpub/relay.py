@@ -38,7 +38,7 @@ class Batch(Protocol):
 
     @property
     def claimed_at(self) -> float:
-        """time.monotonic() when the rows arrived."""
+        """time.monotonic() no earlier than the database's now() that due_in counts from."""
 
     @property
     def next_wake_in(self) -> float | None:
@@ -367,7 +367,7 @@ class Relay(Generic[BatchT]):
         Jobs not yet sent when the batch outlives the hold timeout are HOLD_EXPIRED.
         """
         jobs = batch.jobs
-        origin = batch.claimed_at  # due_in counts from the database's now() before this
+        origin = batch.claimed_at  # due_in counts from the database's now(), no later
         hold_timeout = self._config.hold_timeout
         pending: list[Awaitable[list[Outcome]]] = []
         lag = self._metrics.lag
