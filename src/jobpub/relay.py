@@ -79,11 +79,12 @@ class RateBudget(Protocol):
         """Seconds until `take(wanted)` grants rows."""
 
 
-# Jobs due together are handed to the publisher this many at a time, yielding between
-# hand-offs. Building and encoding a message costs about 9 us of CPU: a held batch of
-# 5,000 due at once took 30-70 ms before its first byte left (one replica, loaded 2-core
-# machine). In groups the broker starts on the first while the rest are built, and the
-# acks that free the in-flight window are read meanwhile.
+# Jobs due together are handed to the publisher this many at a time. Building and
+# encoding a message costs about 9 us of CPU: a held batch of 5,000 due at once took
+# 30-70 ms before its first byte left (one replica, loaded 2-core machine). Each group is
+# written as soon as it is encoded, so the broker starts on the first while the rest are
+# built. No turn of the event loop between groups: with one, a drain of 5,000-row
+# batches ran 15-20% slower (the next claim's fetch ran between the groups).
 PUBLISH_GROUP = 500
 
 # The longest single wait for rate budget: the loop's heartbeat (/healthz) keeps beating
@@ -385,8 +386,6 @@ class Relay(Generic[BatchT]):
                 lag.observe_many([now - origin - job.due_in for job in ready])
                 pending.append(self._publisher.publish(ready))
                 start = end
-                if end == last and end < len(jobs):
-                    await asyncio.sleep(0)  # let the bytes go and the acks in
             else:
                 await asyncio.sleep(origin + jobs[start].due_in - now)
         sent = [outcome for group in await asyncio.gather(*pending) for outcome in group]
