@@ -36,10 +36,20 @@ def _chaos(bench: Bench, args: argparse.Namespace) -> list[ScenarioResult]:
 
 # Commands that run one thing on their own, each from its own module.
 SINGLE: dict[str, Callable[[Bench, argparse.Namespace], list[ScenarioResult]]] = {
-    # --repeat runs, on the first --replicas count
+    # --repeat runs on the first --replicas count, each followed by the broker's floor
     "schedules": lambda bench, args: [
-        schedules.schedules(bench, args.jobs or 10_000, int(args.replicas.split(",")[0]))
+        result
         for _ in range(args.repeat)
+        for result in (
+            schedules.schedules(
+                bench,
+                args.jobs or 10_000,
+                int(args.replicas.split(",")[0]),
+                trace=args.trace,
+                spread=args.schedule_spread,
+            ),
+            schedules.broker_floor(bench, args.jobs or 10_000),
+        )
     ],
     "capacity": lambda bench, args: capacity.measure(bench, args.database, repeat=args.repeat),
     "scale": lambda bench, args: scale.run(bench, args.cases, args.repeat),
@@ -117,6 +127,7 @@ def main() -> int:
         "chaos": render_chaos_chart,
         "scale": scale.render_chart,
         "capacity": capacity.render_chart,
+        "schedules": schedules.render_chart,
     }
     chart = charts.get(args.what, render_chart)
     chart(results, RESULTS / f"{name}.png")
@@ -168,6 +179,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--old-rows", type=int, default=2_000_000,
         help="retention: old published rows pruned during the drain (default 2,000,000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--schedule-spread", type=float, default=0.0, metavar="SECONDS",
+        help="schedules: each schedule's spread; lag then counts from each row's fire_at",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trace", action="store_true",
+        help="schedules: strace the replicas' broker sockets and compare three more "
+        "subscribers (a diagnostic: tracing slows the replicas)",
     )  # fmt: skip
     parser.add_argument("--name", default=None, help="results file name (default: what)")
     parser.add_argument(

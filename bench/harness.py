@@ -96,28 +96,39 @@ class Arrivals:
 class VerifyingSubscriber:
     """`mosquitto_sub` at QoS 1 on `<prefix>/#`, one line per message: arrival, topic.
 
+    `%U` is the time mosquitto_sub handles the message, as it reads it off the socket:
+    it reads and prints one message at a time, never a backlog parsed later.
+    `qos` and `share` (a shared-subscription group: the broker gives each message to
+    one member) make the other subscribers `bench schedules --trace` compares it with.
+
     `flags`: also read each PUBLISH's DUP flag from mosquitto_sub's debug lines, to tell
     the broker re-sending a message to this subscriber (DUP=1, after a broker restart)
     from a job published twice (two fresh copies).
     """
 
     def __init__(self, port: int, prefix: str, directory: Path, *, persistent: bool = False,
-                 flags: bool = False) -> None:  # fmt: skip
+                 flags: bool = False, qos: int = 1, share: str | None = None,
+                 label: str = "") -> None:  # fmt: skip
         self.prefix = prefix
-        self.path = directory / f"{prefix.replace('/', '_')}.received"
+        self.path = directory / f"{prefix.replace('/', '_')}{label}.received"
         self._out = self.path.open("wb")
         binary = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
         # persistent: a session the broker keeps across its restarts, with what is queued
         session = ["-c", "-i", f"verifier-{prefix.replace('/', '-')}"] if persistent else []
         self._process = subprocess.Popen(
             ["stdbuf", "-oL", binary, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5",
-             "-q", "1", "-t", f"{prefix}/#", "-F", "%U %t", *session, *(["-d"] if flags else [])],
+             "-q", str(qos), "-t", f"$share/{share}/{prefix}/#" if share else f"{prefix}/#",
+             "-F", "%U %t", *session, *(["-d"] if flags else [])],
             stdout=self._out,
             # With TZ unset, glibc stats /etc/localtime twice per message: a third of the
             # verifier's system calls, on the cores the system under test needs.
             env={**os.environ, "TZ": "UTC"},
         )  # fmt: skip
         time.sleep(0.3)  # mosquitto_sub has no "subscribed" signal; the broker is local
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     def lines(self) -> int:
         """Messages received so far (debug lines are not counted)."""

@@ -38,7 +38,7 @@ class Batch(Protocol):
 
     @property
     def claimed_at(self) -> float:
-        """time.monotonic() when the rows arrived."""
+        """time.monotonic() no earlier than the database's now() that due_in counts from."""
 
     @property
     def next_wake_in(self) -> float | None:
@@ -78,6 +78,14 @@ class RateBudget(Protocol):
     def delay(self, wanted: int) -> float:
         """Seconds until `take(wanted)` grants rows."""
 
+
+# Jobs due together are handed to the publisher this many at a time. Building and
+# encoding a message costs about 9 us of CPU: a held batch of 5,000 due at once took
+# 30-70 ms before its first byte left (one replica, loaded 2-core machine). Each group is
+# written as soon as it is encoded, so the broker starts on the first while the rest are
+# built. No turn of the event loop between groups: with one, a drain of 5,000-row
+# batches ran 15-20% slower (the next claim's fetch ran between the groups).
+PUBLISH_GROUP = 500
 
 # The longest single wait for rate budget: the loop's heartbeat (/healthz) keeps beating
 # under a tiny limit, and a new share from the replica heartbeat is taken up soon.
@@ -366,7 +374,7 @@ class Relay(Generic[BatchT]):
         Jobs not yet sent when the batch outlives the hold timeout are HOLD_EXPIRED.
         """
         jobs = batch.jobs
-        origin = batch.claimed_at  # due_in counts from the database's now() before this
+        origin = batch.claimed_at  # due_in counts from the database's now(), no later
         hold_timeout = self._config.hold_timeout
         pending: list[Awaitable[list[Outcome]]] = []
         lag = self._metrics.lag
@@ -376,7 +384,8 @@ class Relay(Generic[BatchT]):
             if hold_timeout is not None and now - origin > hold_timeout:
                 break  # frozen past the hold (SIGSTOP): the claim is lost, send no more
             end = start
-            while end < len(jobs) and origin + jobs[end].due_in <= now:
+            last = min(len(jobs), start + PUBLISH_GROUP)
+            while end < last and origin + jobs[end].due_in <= now:
                 end += 1
             if end > start:
                 ready = jobs[start:end]

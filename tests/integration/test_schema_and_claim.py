@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -303,6 +304,34 @@ async def test_claim_takes_due_rows_in_order_and_never_future_ones(db_url: str, 
         assert batch.next_wake_in is not None
         assert 3590 < batch.next_wake_in <= 3600
         await store.release(batch)
+
+
+async def test_held_jobs_count_from_the_claims_start_not_from_when_its_rows_arrived(
+    db_url: str, db: Conn
+) -> None:
+    # 20,000 rows due together a few seconds ahead, claimed at once: fetching them takes
+    # most of the claim. A job is held until claimed_at + due_in, and due_in counts from
+    # the transaction's now(): that moment must be no earlier than now() (never early),
+    # and not the end of the fetch (every held job late by it).
+    count = 20_000
+    fire_at = time.time() + 5
+    await db.execute(
+        "INSERT INTO jobs (topic, payload, fire_at) "
+        "SELECT 'burst/' || i, '{}', to_timestamp(%s) FROM generate_series(1, %s) i",
+        (fire_at, count),
+    )
+    async with opened_store(db_url, lookahead=10, batch_size=count) as store:
+        wall_minus_monotonic = time.time() - time.monotonic()
+        started = time.monotonic()
+        batch = await store.claim()
+        ended = time.monotonic()
+        try:
+            assert len(batch.jobs) == count
+            send_at = wall_minus_monotonic + batch.claimed_at + batch.jobs[-1].due_in
+            assert send_at >= fire_at - 0.001  # the clocks' rounding; never early
+            assert send_at - fire_at < (ended - started) / 2
+        finally:
+            await store.release(batch)
 
 
 async def test_concurrent_claims_are_disjoint_and_bounded_by_the_limit(

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.metrics import Metrics
 from jobpub.models import PUBLISHED, Delivery, Job, Outcome, Settled
-from jobpub.relay import Relay, RelayConfig
+from jobpub.relay import PUBLISH_GROUP, Relay, RelayConfig
 from testbed.waiting import eventually
 
 
@@ -86,6 +86,7 @@ class FakePublisher:
     def __init__(self, *, connected: bool = True, hold: asyncio.Event | None = None) -> None:
         self.connected = connected
         self.sent: list[tuple[float, Job]] = []
+        self.calls: list[int] = []  # jobs per publish call
         self.waits = 0  # calls of wait_connected: the claim loop's turns while disconnected
         self._hold = hold
 
@@ -97,6 +98,7 @@ class FakePublisher:
     def publish(self, jobs: Sequence[Job]) -> asyncio.Future[list[Outcome]]:
         now = time.monotonic()
         self.sent.extend((now, job) for job in jobs)
+        self.calls.append(len(jobs))
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
         if self._hold is None:
             future.set_result([PUBLISHED] * len(jobs))
@@ -162,6 +164,17 @@ async def test_each_job_goes_out_no_earlier_than_its_time() -> None:
 
     assert lag_bucket("2.5") == 3  # on time
     assert lag_bucket("10.0") == 4  # and the one 5 s overdue
+
+
+async def test_many_jobs_due_at_once_go_out_in_groups() -> None:
+    count = 2 * PUBLISH_GROUP + 7
+    batch = FakeBatch([job(n, -0.01) for n in range(1, count + 1)])
+    publisher = FakePublisher()
+    relay = relay_of(FakeSource(batch), publisher, Metrics(), config(batch_size=count))
+    await run_until(relay, lambda: batch.settled is not None, "the batch settled")
+    assert publisher.calls == [PUBLISH_GROUP, PUBLISH_GROUP, 7]
+    assert [j.id for _, j in publisher.sent] == list(range(1, count + 1))
+    assert batch.settled == [PUBLISHED] * count
 
 
 async def test_nothing_is_claimed_while_the_broker_is_down() -> None:
