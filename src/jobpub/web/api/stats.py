@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from jobpub.db.web import Count, MinuteStats, Stats
+from jobpub.db.web import Count, CountKind, MinuteStats, Stats
 from jobpub.web.deps import Store
 
 router = APIRouter(tags=["stats"])
@@ -15,8 +15,10 @@ router = APIRouter(tags=["stats"])
 
 class CountOut(BaseModel):
     value: int
-    exact: bool = Field(
-        description="false: at least `value` (counting stopped there), or an estimate"
+    exact: bool = Field(description="false: `value` is approximate (`kind` says how)")
+    kind: CountKind = Field(
+        description="exact: counted; at_least: counting stopped at `value`; estimate: the"
+        " planner's, from the table statistics (the published count always is)"
     )
 
 
@@ -34,7 +36,10 @@ class StatsOut(BaseModel):
         description="jobs by state: pending, due (pending and due now), published, dead"
     )
     oldest_due_age_s: float | None = Field(description="how late the oldest due job is")
-    published_per_s: float = Field(description="mean over the last `rate_window_s`")
+    published_per_s: float = Field(
+        description="mean over the last `rate_window_s` seconds: the complete minutes of the"
+        " last few, or the span of the newest published jobs when they are many"
+    )
     rate_window_s: int
     schedules: int
     schedules_enabled: int
@@ -43,7 +48,7 @@ class StatsOut(BaseModel):
 
 
 def count_out(count: Count) -> CountOut:
-    return CountOut(value=count.value, exact=count.exact)
+    return CountOut(value=count.value, exact=count.exact, kind=count.kind)
 
 
 def minute_out(minute: MinuteStats) -> MinuteOut:
@@ -60,10 +65,7 @@ def minute_out(minute: MinuteStats) -> MinuteOut:
 RATE_MINUTES = 5
 
 
-def stats_out(stats: Stats, history: list[MinuteStats], *, with_history: bool) -> StatsOut:
-    # The last complete minutes: the current one has only just begun.
-    complete = history[-RATE_MINUTES - 1 : -1] if len(history) > 1 else []
-    rate = sum(m.published for m in complete) / (60 * len(complete)) if complete else 0.0
+def stats_out(stats: Stats, history: list[MinuteStats] | None) -> StatsOut:
     return StatsOut(
         counts={
             "pending": count_out(stats.pending),
@@ -72,12 +74,12 @@ def stats_out(stats: Stats, history: list[MinuteStats], *, with_history: bool) -
             "dead": count_out(stats.dead),
         },
         oldest_due_age_s=stats.oldest_due_age_s,
-        published_per_s=round(rate, 3),
-        rate_window_s=60 * len(complete),
+        published_per_s=round(stats.published_per_s, 3),
+        rate_window_s=round(stats.rate_window_s),
         schedules=stats.schedules,
         schedules_enabled=stats.schedules_enabled,
         measured_at=stats.measured_at,
-        last_hour=[minute_out(m) for m in history] if with_history else None,
+        last_hour=[minute_out(m) for m in history] if history is not None else None,
     )
 
 
@@ -85,5 +87,7 @@ def stats_out(stats: Stats, history: list[MinuteStats], *, with_history: bool) -
 async def get_stats(store: Store, history: bool = False) -> StatsOut:
     """Counts by state, the due backlog's age, the publish rate; `?history=true` adds
     the last hour minute by minute."""
-    minutes = 60 if history else RATE_MINUTES + 1
-    return stats_out(await store.stats(), await store.history(minutes), with_history=history)
+    # The rate comes with the counts (the last RATE_MINUTES complete minutes, a bounded
+    # read); the minute-by-minute history only when asked for.
+    stats = await store.stats(RATE_MINUTES)
+    return stats_out(stats, await store.history(60) if history else None)
