@@ -19,7 +19,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, chaos, clients, rate, scale, scenarios, schedules, web_speed
+from bench import (
+    capacity,
+    chaos,
+    clients,
+    index_cost,
+    rate,
+    scale,
+    scenarios,
+    schedules,
+    web_speed,
+)
 from bench.harness import Bench, ScenarioResult, bench_environment
 from bench.report import render_chaos_chart, render_chart, render_table
 
@@ -45,6 +55,7 @@ SINGLE: dict[str, Callable[[Bench, argparse.Namespace], list[ScenarioResult]]] =
     ),
     "chaos": _chaos,
     "rate": lambda bench, args: rate.measure(bench, repeat=args.repeat),
+    "index-cost": lambda bench, args: index_cost.measure(bench),
     "web-speed": lambda bench, args: web_speed.measure(
         bench, args.rows, args.requests, reuse=args.reuse
     ),
@@ -80,8 +91,8 @@ def main() -> int:
         if args.what in SINGLE:
             results.extend(SINGLE[args.what](bench, args))
 
-    # web-speed's runs are kept side by side, one per day
-    dated = args.what == "web-speed"
+    # these runs are kept side by side, one per day
+    dated = args.what in ("web-speed", "index-cost")
     name = args.name or (time.strftime("%Y-%m-%d-") + args.what if dated else args.what)
     RESULTS.mkdir(exist_ok=True)
     # The promises of Reliability and of the scale targets, checked: the command fails
