@@ -6,13 +6,15 @@
 -- marks go on during the build; each statement is safe to run again (IF NOT EXISTS, and
 -- `jobpub migrate` rebuilds an index a failed build left INVALID).
 
--- Every row in list order: the list of all jobs, of published ones (most of a kept
--- table) and a topic's, and any page deep into them, each read `limit + 1` entries
--- and rows on. Not partial: it must hold the settled rows. Its cost is one more index
--- entry per INSERT and per mark (which is never a HOT update anyway); measured within
--- the drain's noise, docs/performance.md.
-CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_fire_at_idx
-    ON jobs (fire_at, id);
+-- Settled rows (published, expired, dead) in list order; pending ones are in the claim's
+-- index already. Partial on the claim's opposite, so the claim can never take it: an
+-- index of every row in (fire_at, id) order was its pick on a mostly pending table (a
+-- tie with its own), and then each claim walked the rows marked before it. An INSERT
+-- adds no entry; a mark adds one (never a HOT update anyway: it changes the pending
+-- indexes' predicate), measured in docs/performance.md.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_settled_fire_at_idx
+    ON jobs (fire_at, id)
+    WHERE processed OR failed_at IS NOT NULL;
 
 -- Dead rows in list order: few, scattered over the whole table, written only when a job
 -- fails, so nothing on the publish path pays for it.

@@ -63,8 +63,8 @@ LIMIT %(limit)s
 """
 
 # Published rows in fire_at order (the same keyset as the other states), through
-# jobs_fire_at_idx (version 16): most of a kept table is published, so the walk skips
-# few entries.
+# jobs_settled_fire_at_idx (version 16): most of a kept table is published, so the walk
+# skips few (dead) entries.
 LIST_PUBLISHED_JOBS: Final[LiteralString] = """
 SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
        'published' AS state, attempts, last_error, next_attempt_at, failed_at,
@@ -80,20 +80,40 @@ ORDER BY fire_at, id
 LIMIT %(limit)s
 """
 
-# Every row, whatever its state, in fire_at order: jobs_fire_at_idx (version 16). A topic
-# prefix filters the walk, which reads more entries the rarer the topic is.
+# Every row, whatever its state, in fire_at order: the first page of the pending rows
+# (the claim's index) and of the settled ones (jobs_settled_fire_at_idx), merged. No
+# index of every row: the claim would take it for its own on a mostly pending table and
+# then walk the rows it had marked. A topic prefix filters both walks, which read more
+# entries the rarer the topic is.
 LIST_ALL_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       CASE WHEN processed THEN 'published' WHEN failed_at IS NOT NULL THEN 'dead'
-            ELSE 'pending' END AS state,
-       attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
-FROM jobs
-WHERE (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
-  AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
-  AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
-  AND (%(cursor_fire_at)s::timestamptz IS NULL
-       OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
+SELECT * FROM (
+    (SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
+            'pending' AS state, attempts, last_error, next_attempt_at, failed_at,
+            processed_at, created_at, expires_at, schedule_name
+     FROM jobs
+     WHERE NOT processed AND failed_at IS NULL
+       AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
+       AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
+       AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
+       AND (%(cursor_fire_at)s::timestamptz IS NULL
+            OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
+     ORDER BY fire_at, id
+     LIMIT %(limit)s)
+    UNION ALL
+    (SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
+            CASE WHEN processed THEN 'published' ELSE 'dead' END AS state,
+            attempts, last_error, next_attempt_at, failed_at,
+            processed_at, created_at, expires_at, schedule_name
+     FROM jobs
+     WHERE (processed OR failed_at IS NOT NULL)
+       AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
+       AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
+       AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
+       AND (%(cursor_fire_at)s::timestamptz IS NULL
+            OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
+     ORDER BY fire_at, id
+     LIMIT %(limit)s)
+) AS both_kinds
 ORDER BY fire_at, id
 LIMIT %(limit)s
 """
