@@ -1,13 +1,14 @@
 """`python -m bench <what>`: run a benchmark, print its table, write its results.
 
 Results go to bench/results/<name>.json and .png (and a table on stdout). `all` runs
-everything but `chaos` (it restarts the machine's PostgreSQL) and the long `scale` and
-`retention`.
+everything but `chaos` (it restarts the machine's PostgreSQL) and the long `scale`,
+`retention` and `soak`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,10 +29,14 @@ from bench import (
     scale,
     scenarios,
     schedules,
+    soak,
+    soak_report,
     web_speed,
 )
 from bench.harness import Bench, ScenarioResult, bench_environment
 from bench.report import render_chaos_chart, render_chart, render_table
+from bench.soak_verdicts import batch_size_for, scaled
+from testbed.postgres_server import start_default_postgres
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,14 +67,25 @@ SINGLE: dict[str, Callable[[Bench, argparse.Namespace], list[ScenarioResult]]] =
 }
 
 
+# Benches whose figures depend on vacuum: the shared test server runs with autovacuum off.
+OWN_POSTGRES = ("soak", "scale")
+
+
 def main() -> int:
     args = _parser().parse_args()
+    args.replicas = args.replicas or ("4" if args.what == "soak" else "1,2,4")
+    args.postgres = args.postgres or ("own" if args.what in OWN_POSTGRES else "shared")
     settings = dict(item.split("=", 1) for item in args.set)
+    if args.what == "soak":
+        return _soak(args, settings)
     counts = [int(n) for n in args.replicas.split(",")]
     runs = [(n, p) for n in counts for p in ((False,) if n == 1 else (False, True))]
     results: list[ScenarioResult] = []
     jobs = args.jobs or 100_000
-    with bench_environment(args.database, settings) as bench:
+    with contextlib.ExitStack() as stack:
+        if args.postgres == "own":
+            args.database = stack.enter_context(start_default_postgres())
+        bench = stack.enter_context(bench_environment(args.database, settings))
         if args.what in ("all", "drain"):
             if args.baseline_jobs:
                 results.append(scenarios.baseline(bench, args.baseline_jobs))
@@ -107,6 +123,7 @@ def main() -> int:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "postgres": _postgres_label(args.postgres),
         "settings": settings,
         "machine": _machine(),
         "results": [dataclasses.asdict(r) for r in results],
@@ -145,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "what",
-        choices=["all", "drain", "on-time", "idle", "clients", *SINGLE],
+        choices=["all", "drain", "on-time", "idle", "clients", "soak", *SINGLE],
     )
     parser.add_argument(
         "--jobs", type=int, default=None,
@@ -186,8 +203,24 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--name", default=None, help="results file name (default: what)")
     parser.add_argument(
-        "--replicas", default="1,2,4", help="replica counts for the drain (default 1,2,4)"
-    )
+        "--replicas", default=None,
+        help="replica counts for the drain (default 1,2,4); soak: one count (default 4)",
+    )  # fmt: skip
+    parser.add_argument("--minutes", type=float, default=30.0,
+                        help="soak: minutes of the stream (default 30)")  # fmt: skip
+    parser.add_argument("--rate", type=int, default=10_000,
+                        help="soak: jobs per second (default 10,000)")  # fmt: skip
+    parser.add_argument(
+        "--retention", type=float, default=None,
+        help=f"soak: JOBPUB_RETENTION in seconds (default {soak.DEFAULT_RETENTION_S:g}, or a "
+        "sixth of a shorter run)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--postgres", choices=["own", "shared"], default=None,
+        help="a throwaway PostgreSQL on its defaults (own: autovacuum on, as deployed; the "
+        "default for soak and scale) or the server of --database (shared: the default for "
+        "the rest, whose figures compare with earlier runs)",
+    )  # fmt: skip
     parser.add_argument(
         "--set",
         action="append",
@@ -203,6 +236,52 @@ def _parser() -> argparse.ArgumentParser:
         help="an admin URL; the bench creates and drops its own database",
     )
     return parser
+
+
+def _soak(args: argparse.Namespace, settings: dict[str, str]) -> int:
+    """The soak writes its samples and verdicts beside the usual table; a run shorter than
+    the targets' 30 minutes is a smoke run, named and labelled so."""
+    minutes = args.minutes
+    if minutes * 60 < 3 * soak.SAMPLE_S:
+        raise SystemExit(f"soak: --minutes {minutes:g} is too short: 0.5 at least (3 samples)")
+    if "," in args.replicas:
+        raise SystemExit(f"soak: --replicas takes one count, not {args.replicas}")
+    try:
+        batch_size_for(args.rate)
+    except ValueError as exc:
+        raise SystemExit(f"soak: {exc}") from exc
+    retention = args.retention if args.retention is not None else (
+        soak.SoakConfig.default_retention(minutes))  # fmt: skip
+    config = soak.SoakConfig(minutes, args.rate, int(args.replicas), retention)
+    smoke = scaled(minutes)
+    name = args.name or ("soak" if not smoke else f"soak-smoke-{minutes:g}min")
+    print(f"soak: {config}; {'smoke run, ' if smoke else ''}results as {name}", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        admin_url = (stack.enter_context(start_default_postgres()) if args.postgres == "own"
+                     else args.database)  # fmt: skip
+        bench = stack.enter_context(bench_environment(admin_url, settings))
+        run = soak.run(bench, config)
+    postgres = _postgres_label(args.postgres)
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "smoke": smoke,
+        "postgres": postgres,
+        "settings": settings,
+        "machine": _machine(),
+        "results": [dataclasses.asdict(run.result)],
+        "soak": soak_report.as_json(run),
+        "targets_missed": [f"{v.name}: {v.measured}" for v in run.verdicts if not v.passed],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = render_table([run.result])
+    section = soak_report.render_section(run, smoke=smoke, postgres=postgres)
+    (RESULTS / f"{name}.md").write_text(_run_page(name, report, section + "\n" + table))
+    soak_report.render_chart(run, RESULTS / f"{name}.png")
+    print(section)
+    print(f"\nwritten: bench/results/{name}.json, .md, .png")
+    return 0 if run.passed else 1
 
 
 def retention_pair(bench: Bench, jobs: int, old_rows: int, repeat: int) -> list[ScenarioResult]:
@@ -237,6 +316,14 @@ def median_run(attempts: list[ScenarioResult]) -> ScenarioResult:
     return chosen
 
 
+def _postgres_label(postgres: str) -> str:
+    return (
+        "its own, on PostgreSQL's defaults (autovacuum on)"
+        if postgres == "own"
+        else "the shared test server (autovacuum as that server has it)"
+    )
+
+
 def _run_page(name: str, report: dict[str, Any], table: str) -> str:
     """The run's page beside its JSON and chart: what ran, where and when, then the figures."""
     machine = report["machine"]
@@ -247,6 +334,7 @@ def _run_page(name: str, report: dict[str, Any], table: str) -> str:
         f"Machine: {machine['cpus']} CPUs, {machine['memory_gib']} GiB, "
         f"kernel {machine['kernel']}, Python {machine['python']}, "
         f"{machine['postgresql']}, {machine['mosquitto']}.\n\n"
+        f"PostgreSQL server: {report.get('postgres', 'the shared test server')}.\n\n"
         f"Settings: {settings}.\n\n{table}\n"
     )
 

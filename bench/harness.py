@@ -221,7 +221,8 @@ class ReplicaProcess:
         except OSError:
             return False
 
-    def _scrape(self) -> list[str]:
+    def scrape(self) -> list[str]:
+        """The /metrics page, one line a list item."""
         with urllib.request.urlopen(
             f"http://127.0.0.1:{self.http_port}/metrics", timeout=5
         ) as response:
@@ -229,7 +230,7 @@ class ReplicaProcess:
         return body.decode().splitlines()
 
     def metric(self, name: str) -> float:
-        for line in self._scrape():
+        for line in self.scrape():
             if line.startswith(name + " "):
                 return float(line.split()[1])
         return 0.0
@@ -237,7 +238,7 @@ class ReplicaProcess:
     def histogram(self, name: str) -> dict[float, float]:
         """A histogram's cumulative bucket counts by upper bound (`le`)."""
         buckets = {}
-        for line in self._scrape():
+        for line in self.scrape():
             if line.startswith(f'{name}_bucket{{le="'):
                 bound = line.split('"')[1]
                 buckets[float(bound)] = float(line.rsplit(" ", 1)[1])

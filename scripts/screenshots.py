@@ -22,6 +22,7 @@ sys.path.insert(0, str(PROJECT))
 
 from jobpub import migrations  # noqa: E402
 from jobpub.db.admin import migrate  # noqa: E402
+from testbed.waiting import wait_until  # noqa: E402
 from tests.browser.chrome import chrome, web_process  # noqa: E402
 
 ADMIN_URL = os.environ.get(
@@ -49,9 +50,12 @@ SEED = [
               now() - make_interval(secs => i)
        FROM generate_series(1, 42) i""",
     # Dead rows with their reasons.
-    """INSERT INTO jobs (topic, payload, fire_at, attempts, last_error, failed_at)
+    """INSERT INTO jobs (topic, payload, fire_at, attempts, last_error, failed_at, dedupe_key,
+                        content_type, user_properties, expires_at)
        SELECT 'home/door/' || i, '{"lock": true}', now() - make_interval(mins => 50 - i), 25,
-              'broker refused: 0x87 not authorized', now() - make_interval(mins => 30 - i)
+              'broker refused: 0x87 not authorized', now() - make_interval(mins => 30 - i),
+              'door-' || i || '-lock', 'application/json', '{"site": "north"}',
+              now() + interval '6 hours'
        FROM generate_series(1, 5) i""",
     """INSERT INTO schedules (name, topic, payload, every) VALUES
        ('heartbeat', 'devices/ping', 'ping', interval '30 seconds')""",
@@ -59,6 +63,16 @@ SEED = [
        ('morning-valves', 'home/valve/all', '{"open": true}', '0 6 * * *', 'Europe/Berlin',
         interval '2 minutes'),
        ('weekly-report', 'reports/weekly', 'go', '0 9 * * 1', 'America/New_York', interval '0')""",
+    """INSERT INTO pauses (filter, reason) VALUES
+       ('devices/+/valve/#', 'valve firmware rollout'), ('reports/#', NULL)""",
+    # Three live replicas and one killed a minute ago (no replica runs here to remove it).
+    """INSERT INTO jobpub_replicas (id, host, version, partition, started_at, heartbeat_at)
+       SELECT gen_random_uuid(), 'publisher-' || i, '1.4.0', '0/1',
+              now() - make_interval(hours => i), now() - make_interval(secs => i * 0.8)
+       FROM generate_series(1, 3) i
+       UNION ALL
+       SELECT gen_random_uuid(), 'publisher-4', '1.4.0', '0/1', now() - interval '5 hours',
+              now() - interval '62 seconds'""",
     "ANALYZE jobs",
 ]
 
@@ -93,12 +107,14 @@ def shoot(url: str, dead_job: int) -> None:
         browser.get(web + "/login")
         browser.find_element("id", "token").send_keys(TOKEN)
         browser.find_element("id", "login").click()
+        wait_until(lambda: browser.current_url == web + "/", 10, "the overview after login")
         pages = {
             "overview": "/",
             "jobs": "/jobs?state=pending",
             "job": f"/jobs/{dead_job}",
             "schedules": "/schedules",
             "dead": "/dead",
+            "pauses": "/pauses",
         }
         for name, path in pages.items():
             browser.get(web + path)

@@ -108,3 +108,31 @@ def _running(directory: Path) -> Iterator[PostgresServer]:
         yield server
     finally:
         _as_server_user(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
+
+
+@contextlib.contextmanager
+def start_default_postgres() -> Iterator[str]:
+    """A throwaway server on PostgreSQL's own defaults (autovacuum on, fsync on), trusting
+    TCP from 127.0.0.1; its superuser URL. For a bench that needs what a deployment runs:
+    the shared test server turns autovacuum off."""
+    with tempfile.TemporaryDirectory(prefix="jobpub-pg-") as tmp:
+        directory = Path(tmp)
+        directory.chmod(0o777)
+        data, sockets = directory / "data", directory / "sockets"
+        sockets.mkdir()
+        sockets.chmod(0o777)
+        _as_server_user(_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                        "--no-sync")  # fmt: skip
+        port = free_port()
+        (data / "postgresql.auto.conf").write_text(
+            f"port = {port}\nlisten_addresses = '127.0.0.1'\n"
+            f"unix_socket_directories = '{sockets}'\n"
+        )
+        (data / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+        pg_ctl = _bin("pg_ctl")
+        _as_server_user(pg_ctl, "-D", str(data), "-w", "-l", str(directory / "server.log"),
+                        "start")  # fmt: skip
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            _as_server_user(pg_ctl, "-D", str(data), "-m", "fast", "stop")

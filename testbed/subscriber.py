@@ -7,6 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -48,7 +49,7 @@ class Subscriber:
     def topic(self, suffix: str) -> str:
         return f"{self.prefix}/{suffix}"
 
-    def __enter__(self) -> Subscriber:
+    def __enter__(self) -> Self:
         self._client.connect("127.0.0.1", self._port)
         self._client.loop_start()
         if not self._subscribed.wait(10):

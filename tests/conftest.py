@@ -17,6 +17,7 @@ import structlog
 from jobpub import logs, migrations
 from jobpub.db.admin import migrate
 from testbed.broker import Broker, start_broker
+from testbed.daemon import Replica
 from testbed.subscriber import Subscriber
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -103,3 +104,12 @@ def info_logs() -> Iterator[io.StringIO]:
     logs.configure("json", "info", stream=buffer)
     yield buffer
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[Replica]]:
+    """`jobpub run` processes a test starts (append them here): closed after it."""
+    started: list[Replica] = []
+    yield started
+    for replica in started:
+        replica.close()

@@ -17,6 +17,7 @@ from jobpub.db.claim import ClaimConfig, Claimer
 from jobpub.db.complete import Completer, RetryPolicy
 from jobpub.db.database import Database, DatabaseConfig
 from jobpub.db.listen import Listener, sample_backlog
+from jobpub.db.probes import ProbeScheduler, ProbeSeat
 from jobpub.db.replicas import ReplicaRecord, ReplicaRegistry
 from jobpub.db.retention import Pruner, RetentionConfig
 from jobpub.db.schedules import ScheduleStore
@@ -24,6 +25,7 @@ from jobpub.errors import DatabaseError
 from jobpub.health import DatabaseHealth, Heartbeat, stalled_after
 from jobpub.http import HttpServer, Response, Route
 from jobpub.metrics import CONTENT_TYPE, Metrics
+from jobpub.probe import DeliveryProbe, ProbeConfig
 from jobpub.publisher import MqttPublisher, PublisherConfig
 from jobpub.ratelimit import TokenBucket
 from jobpub.relay import Relay, RelayConfig
@@ -70,6 +72,17 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
         heartbeat=heartbeat,
         budget=budget,
     )
+    probe = (
+        DeliveryProbe(
+            _probe_config(settings),
+            ProbeScheduler(database),
+            ProbeSeat(settings.database_url.get_secret_value(), settings.hold_timeout),
+            publisher.subscriber_connection,
+            metrics,
+        )
+        if settings.probe_topic
+        else None
+    )
     drained = asyncio.Event()  # the relay is done: connections and servers may close
 
     def readyz() -> Response:
@@ -113,6 +126,8 @@ async def serve(settings: Settings, stop: asyncio.Event, metrics: Metrics | None
             )
             tasks.create_task(materializer.run(drained), name="schedule-materializer")
             tasks.create_task(pruner.run(drained), name="retention-pruner")
+            if probe is not None:
+                tasks.create_task(probe.run(drained), name="delivery-probe")
             tasks.create_task(
                 _keep_registered(
                     registry, budget, settings.rate_limit, settings.heartbeat_interval, drained
@@ -228,6 +243,15 @@ def _materializer_config(settings: Settings) -> MaterializerConfig:
     return MaterializerConfig(
         horizon=timedelta(seconds=settings.schedule_horizon),
         interval=min(settings.schedule_horizon / 4, 5.0),
+    )
+
+
+def _probe_config(settings: Settings) -> ProbeConfig:
+    assert settings.probe_topic  # noqa: S101 - called only when the probe is on
+    return ProbeConfig(
+        topic=settings.probe_topic,
+        interval=settings.probe_interval,
+        timeout=settings.probe_timeout,
     )
 
 

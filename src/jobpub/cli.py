@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
+import contextlib
+import json
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from pydantic import SecretStr, ValidationError
 
-from jobpub import __version__, app, logs, migrations
-from jobpub.db.admin import migrate, requeue
+from jobpub import __version__, app, client, logs, migrations
+from jobpub.db.admin import allow_probe_topic, migrate, requeue
+from jobpub.db.database import Connection, command_transaction
 from jobpub.db.pauses import InvalidFilter, list_pauses, pause, resume
+from jobpub.db.producer import insert_job
 from jobpub.db.schedules import (
     NewSchedule,
     add_schedule,
@@ -21,6 +27,7 @@ from jobpub.db.schedules import (
     remove_schedule,
     set_schedule_enabled,
 )
+from jobpub.db.stats import AT_LEAST, ESTIMATE, Count, FleetStats, Stats, read_fleet, read_stats
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.scheduling.durations import parse_duration
 from jobpub.scheduling.occurrences import InvalidSchedule, check_cron
@@ -29,6 +36,11 @@ from jobpub.settings import Settings, SettingsFileError, describe_errors
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_SETTINGS = 2
+
+# `jobpub add|cancel|reschedule|stats` wait this long at most: for a connection, and for
+# a lock (an uncommitted job holding the same dedupe key) before saying why they gave up.
+CONNECT_TIMEOUT_S = 10
+LOCK_TIMEOUT_S = 5.0
 
 log = structlog.get_logger("jobpub.cli")
 
@@ -55,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     requeue_parser.add_argument(
         "--all", action="store_true", help="every dead job (required when no ids are given)"
     )
+    add_parser = _add_job_parsers(commands)
+    stats_parser = commands.add_parser(
+        "stats", help="the queue at a glance: counts, due backlog, rate, replicas, pauses"
+    )
+    stats_parser.add_argument("--json", action="store_true", help="one JSON object")
     _add_schedule_parser(commands)
     pause_parser = commands.add_parser(
         "pause", help="stop publishing rows whose topic matches an MQTT filter ('#': all)"
@@ -81,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "requeue" and not args.ids and not args.all:
         parser.error("requeue: give job ids, or --all for every dead job")
+    if args.command == "add" and args.base64:
+        # Not a `type=` of PAYLOAD: --base64 may come after it on the command line.
+        try:
+            args.payload = _base64(args.payload)
+        except argparse.ArgumentTypeError as exc:
+            add_parser.error(f"argument PAYLOAD: {exc}")
     if args.command == "web":
         return _web(settings)  # its server runs its own event loop
     return asyncio.run(_command(settings, args))
@@ -92,6 +115,8 @@ async def _command(settings: Settings, args: argparse.Namespace) -> int:
         return await _migrate(settings, args.wait)
     if args.command == "requeue":
         return await _requeue(settings, args.ids or None)
+    if args.command in ("add", "cancel", "reschedule", "stats"):
+        return await _jobs(settings, args)
     if args.command == "schedule":
         return await _schedule(settings.database_url.get_secret_value(), args)
     if args.command in ("pause", "resume", "pauses"):
@@ -119,6 +144,7 @@ def _web(settings: Settings) -> int:
         token=secret(settings.web_token),
         readonly_token=secret(settings.web_readonly_token),
         topic_prefixes=settings.allowed_topic_prefixes,
+        replica_stale_after=settings.replica_stale_after,
     )
     refusal = bind_refusal(config)
     if refusal:
@@ -140,6 +166,202 @@ def _cron(text: str) -> str:
     except InvalidSchedule as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     return text
+
+
+def _aware_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2026-12-24T18:00:00+01:00)"
+        ) from None
+    if moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no UTC offset; add one (+01:00, Z) so it means one instant"
+        )
+    return moment
+
+
+def _base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise argparse.ArgumentTypeError(f"not base64: {exc}") from None
+
+
+def _user_property(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals:
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    return key, value
+
+
+def _add_job_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """The parsers of add, cancel and reschedule; add's, to refuse its PAYLOAD."""
+    add = commands.add_parser("add", help="add a job; prints its id")
+    add.add_argument("topic", metavar="TOPIC")
+    add.add_argument("payload", metavar="PAYLOAD", help="text published as UTF-8 (see --base64)")
+    _add_when(add, required=False)
+    add.add_argument("--qos", type=int, choices=(0, 1, 2), default=1)
+    add.add_argument("--retain", action="store_true")
+    expiry = add.add_mutually_exclusive_group()
+    expiry.add_argument(
+        "--expires-at", type=_aware_time, help="not published after this (ISO 8601, offset)"
+    )
+    expiry.add_argument(
+        "--expires-in", type=_duration, help="not published after this long past its time: 1h"
+    )
+    add.add_argument(
+        "--dedupe-key", help="if a job with this key is kept, print its id (a note on stderr)"
+    )
+    add.add_argument("--base64", action="store_true", help="PAYLOAD is base64 of bytes")
+    add.add_argument("--content-type", help="MQTT 5 content type, e.g. application/json")
+    add.add_argument(
+        "--user-property",
+        type=_user_property,
+        action="append",
+        metavar="KEY=VALUE",
+        help="an MQTT 5 user property (repeatable)",
+    )
+    add.add_argument("--response-topic", help="MQTT 5 response topic")
+    add.add_argument("--correlation-data", help="MQTT 5 correlation data (UTF-8 of this text)")
+    cancel = commands.add_parser("cancel", help="delete a pending job")
+    cancel.add_argument("id", type=int, metavar="ID")
+    reschedule = commands.add_parser("reschedule", help="move a pending job to a new time")
+    reschedule.add_argument("id", type=int, metavar="ID")
+    _add_when(reschedule, required=True)
+    return add
+
+
+def _add_when(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    when = parser.add_mutually_exclusive_group(required=required)
+    when.add_argument(
+        "--at", type=_aware_time, help="ISO 8601 with an offset: 2026-12-24T18:00:00+01:00"
+    )
+    when.add_argument(
+        "--in",
+        dest="delay",
+        type=_duration,
+        help="from now by the database's clock: 30s, 5m, 1h30m"
+        + ("" if required else " (default now)"),
+    )
+
+
+def _transaction(url: str, action: str) -> contextlib.AbstractAsyncContextManager[Connection]:
+    """A transaction of its own, committed when the block ends without an error; waits
+    for a connection and for locks bounded (CONNECT_TIMEOUT_S, LOCK_TIMEOUT_S)."""
+    return command_transaction(
+        url, action, connect_timeout=CONNECT_TIMEOUT_S, lock_timeout=LOCK_TIMEOUT_S
+    )
+
+
+async def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+    """`jobpub add|cancel|reschedule|stats`: jobpub.client's checks and statements."""
+    if args.command == "stats":
+        return await _stats(settings, as_json=args.json)
+    url = settings.database_url.get_secret_value()
+    try:
+        if args.command == "add":
+            await _add(url, args)
+        elif args.command == "cancel":
+            async with _transaction(url, f"cancelling job {args.id}") as connection:
+                await client.cancel_async(connection, args.id)
+            log.info("job_cancelled", job_id=args.id)
+        else:
+            async with _transaction(url, f"rescheduling job {args.id}") as connection:
+                await client.reschedule_async(connection, args.id, at=args.at, delay=args.delay)
+            log.info("job_rescheduled", job_id=args.id)
+    except ValueError as exc:  # jobpub.client's checks, before any SQL: "add: …"
+        print(f"jobpub: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    except DatabaseError as exc:  # no such job, not pending, refused, unreachable
+        print(f"jobpub: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _add(url: str, args: argparse.Namespace) -> None:
+    """Print the new job's id, or with its dedupe key taken the existing job's (and say so)."""
+    properties = client.Properties(
+        content_type=args.content_type,
+        user_properties=dict(args.user_property) if args.user_property else None,
+        response_topic=args.response_topic,
+        correlation_data=args.correlation_data.encode()
+        if args.correlation_data is not None
+        else None,
+    )
+    job = client.new_job(
+        args.topic, args.payload, at=args.at, delay=args.delay, qos=args.qos,
+        retain=args.retain, expires_at=args.expires_at, expires_in=args.expires_in,
+        dedupe_key=args.dedupe_key, properties=properties,
+    )  # fmt: skip
+    async with _transaction(url, "adding a job") as connection:
+        added = await insert_job(connection, job)
+    if added.deduplicated:
+        print(f"jobpub: add: dedupe key taken: existing job {added.id}", file=sys.stderr)
+    print(added.id)
+
+
+async def _stats(settings: Settings, *, as_json: bool) -> int:
+    try:
+        async with _transaction(settings.database_url.get_secret_value(), "reading stats") as c:
+            stats = await read_stats(c)  # one transaction: both read the same now()
+            fleet = await read_fleet(c, settings.replica_stale_after)
+    except DatabaseError as exc:
+        print(f"jobpub: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(_stats_json(stats, fleet)) if as_json else _stats_text(stats, fleet))
+    return EXIT_OK
+
+
+def _stats_json(stats: Stats, fleet: FleetStats) -> dict[str, object]:
+    def count(value: Count) -> dict[str, object]:
+        return {"value": value.value, "exact": value.exact, "kind": value.kind}
+
+    return {
+        "counts": {
+            "pending": count(stats.pending),
+            "due": count(stats.due),
+            "published": count(stats.published),
+            "dead": count(stats.dead),
+            "expired": count(stats.expired),
+        },
+        "oldest_due_age_s": stats.oldest_due_age_s,
+        "published_last_minute": count(fleet.published_last_minute),
+        "expired_last_minute": count(fleet.expired_last_minute),
+        "live_replicas": fleet.live_replicas,
+        "pauses": fleet.paused_filters,
+        "schedules": stats.schedules,
+        "schedules_enabled": stats.schedules_enabled,
+        "measured_at": stats.measured_at.isoformat(),
+    }
+
+
+def _stats_text(stats: Stats, fleet: FleetStats) -> str:
+    def count(value: Count) -> str:
+        if value.kind == ESTIMATE:
+            return f"about {value.value:,} (the table's statistics)"
+        return f"at least {value.value:,}" if value.kind == AT_LEAST else f"{value.value:,}"
+
+    oldest = stats.oldest_due_age_s
+    late = f" (oldest {_age(oldest)} late)" if oldest is not None else ""
+    pauses = fleet.paused_filters
+    shown = ", ".join(pauses[:5]) + (f", … {len(pauses) - 5} more" if len(pauses) > 5 else "")
+    rows = [
+        ("pending", count(stats.pending)),
+        ("due", count(stats.due) + late),
+        ("dead", count(stats.dead)),
+        ("expired", count(stats.expired)),
+        ("published", count(stats.published)),
+        ("last minute", f"{count(fleet.published_last_minute)} published, "
+                        f"{count(fleet.expired_last_minute)} expired"),
+        ("replicas", f"{fleet.live_replicas} live"),
+        ("pauses", f"{len(pauses)}" + (f": {shown}" if pauses else "")),
+        ("schedules", f"{stats.schedules} ({stats.schedules_enabled} enabled)"),
+    ]  # fmt: skip
+    return "\n".join(f"{name:<12} {value}" for name, value in rows)
 
 
 def _add_schedule_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -285,4 +507,13 @@ async def _migrate(settings: Settings, wait: float) -> int:
             log.exception("migrate_failed", error=str(exc))
             return EXIT_FAILED
         log.info("migrated", applied=applied, up_to_date=not applied)
-        return EXIT_OK
+        break
+    if settings.probe_topic:
+        # Replicas connecting as jobpub_daemon may probe only the topic the owner allowed.
+        try:
+            await allow_probe_topic(settings.database_url.get_secret_value(), settings.probe_topic)
+        except DatabaseError as exc:
+            log.exception("probe_topic_not_allowed", topic=settings.probe_topic, error=str(exc))
+            return EXIT_FAILED
+        log.info("probe_topic_allowed", topic=settings.probe_topic)
+    return EXIT_OK

@@ -134,6 +134,34 @@ class Metrics:
         self.broker_disconnects = Counter(
             "jobpub_broker_disconnects", "Broker connections lost while running.", registry=r
         )
+        # The delivery probe (JOBPUB_PROBE_TOPIC): only the elected subscriber observes.
+        self.probe_latency = Histogram(
+            "jobpub_probe_latency_seconds",
+            "Delivery probe: from its fire_at to its arrival at the subscriber (database clock).",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.probes_missing = Counter(
+            "jobpub_probes_missing",
+            "Delivery probes published (or refused) that did not arrive within the timeout.",
+            registry=r,
+        )
+        self.probe_subscriber = Gauge(
+            "jobpub_probe_subscriber",
+            "1 while this replica is the elected probe subscriber and subscribed.",
+            registry=r,
+        )
+        # Every replica: what the probe alerts need to tell "probe off" from "broken".
+        self.probe_interval = Gauge(
+            "jobpub_probe_interval_seconds",
+            "JOBPUB_PROBE_INTERVAL while the delivery probe runs on this replica; 0: off.",
+            registry=r,
+        )
+        self.probe_last_received = Gauge(
+            "jobpub_probe_last_received_timestamp_seconds",
+            "Unix time this replica last received a delivery probe (or its probe started).",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

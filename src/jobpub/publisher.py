@@ -34,6 +34,7 @@ from jobpub.mqtt import (
     MqttConnection,
     MqttError,
     NoConnAck,
+    OnMessage,
     ProtocolVersionRefused,
     PublishProperties,
     Result,
@@ -75,6 +76,8 @@ _NOT_ALLOWED: Final = Outcome(
 _EXPIRED: Final = Outcome(Delivery.EXPIRED, "expired", "expired before it was sent")
 # Message Expiry Interval is a four-byte integer of seconds (about 136 years).
 MAX_EXPIRY_INTERVAL: Final = 0xFFFF_FFFF
+# The longest client id (bytes) MQTT 3.1.1 requires every broker to accept (MQTT-3.1.3-5).
+MAX_PORTABLE_CLIENT_ID: Final = 23
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,14 @@ class PublisherConfig:
         scheme = "mqtts" if self.tls else "mqtt"
         user = f"{self.username}@" if self.username else ""
         return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+def subscriber_client_id(client_id: str) -> str:
+    """The publisher's client id marked `-sub`, in the 23 bytes every MQTT 3.1.1 broker
+    must accept: a long id gives up the end of its random part, not the mark."""
+    suffix = "-sub"
+    head = client_id.encode()[: MAX_PORTABLE_CLIENT_ID - len(suffix)]
+    return head.decode(errors="ignore") + suffix
 
 
 class MqttPublisher:
@@ -302,12 +313,21 @@ class MqttPublisher:
             retry_in_s=retry_in_s, **extra,
         )  # fmt: skip
 
-    def _new_connection(self) -> MqttConnection:
+    def subscriber_connection(self, on_message: OnMessage) -> MqttConnection:
+        """A second connection to the same broker, as the same user and in the protocol
+        this publisher speaks now, for a subscription (the delivery probe's): a client id
+        of its own, so it never takes over the publishing session."""
+        return self._new_connection(subscriber_client_id(self._config.client_id), on_message)
+
+    def _new_connection(
+        self, client_id: str | None = None, on_message: OnMessage | None = None
+    ) -> MqttConnection:
         config = self._config
         return MqttConnection(
             config.host,
             config.port,
-            client_id=config.client_id,
+            client_id=client_id or config.client_id,
+            on_message=on_message,
             protocol=self._version,
             username=config.username,
             password=config.password,

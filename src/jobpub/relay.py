@@ -315,13 +315,19 @@ class Relay(Generic[BatchT]):
 
     async def _deliver(self, batch: BatchT, slots: Slots) -> None:
         try:
+            started = time.monotonic()
             try:
-                started = time.monotonic()
                 outcomes = await self._publish_on_time(batch)
-                published_at = time.monotonic()
+            except Exception as exc:
+                # A fault of ours that some row provokes: ending the replica would hand the
+                # row to the next one, and so on. Charge the batch an attempt instead, so
+                # the row goes dead after JOBPUB_MAX_ATTEMPTS and the others are retried.
+                log.exception("batch_publish_crashed", count=len(batch.jobs))
+                outcomes = [_crashed(exc)] * len(batch.jobs)
             except BaseException:
                 await asyncio.shield(self._completer.release(batch))
                 raise
+            published_at = time.monotonic()
             if all(outcome is HOLD_EXPIRED for outcome in outcomes):
                 await self._give_up_expired(batch)
                 return
@@ -435,6 +441,11 @@ async def _wait_through_cancellation(task: asyncio.Task[Settled]) -> bool:
         except asyncio.CancelledError:
             cancelled = True
     return cancelled
+
+
+def _crashed(exc: Exception) -> Outcome:
+    error = f"replica error while publishing: {exc!r}"
+    return Outcome(Delivery.FAILED, "replica_error", error[:500])
 
 
 def _task_name() -> str:

@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from jobpub.conninfo import check_conninfo, redact_conninfo
+from jobpub.mqtt import topic_problem
 
 
 class SettingsFileError(Exception):
@@ -230,6 +231,34 @@ class Settings(BaseSettings):
     web_port: Annotated[int, Field(ge=0, le=65535)] = 8081
     web_token: Annotated[SecretStr, Field(min_length=16)] | None = None
     web_readonly_token: Annotated[SecretStr, Field(min_length=16)] | None = None
+
+    # The end-to-end delivery probe (docs/reliability.md), off while probe_topic is empty:
+    # a probe job every probe_interval seconds on that topic, received back by one elected
+    # replica; a probe the broker acknowledged but that has not arrived probe_timeout
+    # seconds later counts as missing.
+    probe_topic: str | None = None
+    probe_interval: Annotated[float, Field(ge=0.5, le=86400)] = 30.0
+    probe_timeout: Annotated[float, Field(ge=0.5, le=86400)] = 10.0
+
+    @model_validator(mode="after")
+    def _check_probe(self) -> Settings:
+        if not self.probe_topic:  # unset or empty: the probe is off
+            return self
+        problem = topic_problem(self.probe_topic)
+        if problem:
+            raise ValueError(f"JOBPUB_PROBE_TOPIC: {problem}")
+        prefixes = self.allowed_topic_prefixes
+        if prefixes and not self.probe_topic.startswith(prefixes):
+            raise ValueError(
+                "JOBPUB_PROBE_TOPIC is outside JOBPUB_TOPIC_PREFIXES: every probe would go dead"
+            )
+        if self.transaction_pooling:
+            raise ValueError(
+                "JOBPUB_PROBE_TOPIC needs a session-level advisory lock to elect its "
+                "subscriber, which JOBPUB_TRANSACTION_POOLING (PgBouncer transaction mode) "
+                "does not keep; leave the probe off behind a transaction pooler"
+            )
+        return self
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

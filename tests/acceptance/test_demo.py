@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 
 from testbed.broker import Broker
+from testbed.sql import scalar
 from testbed.waiting import wait_until
 from tests.conftest import ADMIN_URL, PROJECT, database_url
 
@@ -123,13 +124,6 @@ def quiet_port() -> int:
             except OSError:
                 continue
             return port
-
-
-def scalar(url: str, sql: str) -> object:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(sql).fetchone()
-        assert row is not None
-        return row[0]
 
 
 def test_demo_runs_the_showcase_twice_and_stops_only_what_it_started(

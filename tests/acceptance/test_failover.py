@@ -16,11 +16,10 @@ import pytest
 from testbed.broker import Broker
 from testbed.daemon import Replica, env_for
 from testbed.replication import ReplicationPair, start_replication_pair
+from testbed.sql import scalar
 from testbed.subscriber import Subscriber
 from testbed.waiting import wait_until
-from tests.acceptance.test_replicas import insert_due, replicas, scalar, start
-
-__all__ = ["replicas"]  # the fixture, shared with test_replicas
+from tests.acceptance.test_replicas import insert_due, start
 
 DATABASE = "jobpub"
 

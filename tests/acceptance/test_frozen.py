@@ -12,11 +12,10 @@ from pathlib import Path
 
 from testbed.broker import Broker
 from testbed.daemon import Replica, env_for
+from testbed.sql import scalar
 from testbed.subscriber import Subscriber
 from testbed.waiting import wait_until
-from tests.acceptance.test_replicas import insert_due, locked_rows, replicas, scalar, start
-
-__all__ = ["replicas"]  # the fixture, shared with test_replicas
+from tests.acceptance.test_replicas import insert_due, locked_rows, start
 
 # What a test replica's shutdown may take beyond JOBPUB_SHUTDOWN_TIMEOUT: the MQTT
 # DISCONNECT to a broker that does not read (jobpub.publisher.DISCONNECT_TIMEOUT, 2 s),

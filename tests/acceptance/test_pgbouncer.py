@@ -28,14 +28,6 @@ def pgbouncer() -> Iterator[PgBouncer]:
         yield running_bouncer
 
 
-@pytest.fixture
-def replicas() -> Iterator[list[Replica]]:
-    started: list[Replica] = []
-    yield started
-    for replica in started:
-        replica.close()
-
-
 def processed(db_url: str) -> int:
     with psycopg.connect(db_url) as conn:
         row = conn.execute("SELECT count(*) FROM jobs WHERE processed").fetchone()

@@ -6,25 +6,16 @@ import collections
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
 from testbed.broker import Broker
 from testbed.daemon import Replica, env_for
+from testbed.sql import scalar
 from testbed.subscriber import Subscriber
 from testbed.waiting import wait_until
-
-
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[list[Replica]]:
-    started: list[Replica] = []
-    yield started
-    for replica in started:
-        replica.close()
 
 
 def start(replicas: list[Replica], tmp_path: Path, env: dict[str, str]) -> Replica:
@@ -40,13 +31,6 @@ def insert_due(db_url: str, prefix: str, count: int, offset: str = "-1 s") -> No
             "SELECT %s || '/' || i, i::text, now() + %s::interval FROM generate_series(1, %s) i",
             (prefix, offset, count),
         )
-
-
-def scalar(db_url: str, sql: str) -> Any:
-    with psycopg.connect(db_url) as conn:
-        row = conn.execute(sql).fetchone()
-        assert row is not None
-        return row[0]
 
 
 def locked_rows(db_url: str) -> int:

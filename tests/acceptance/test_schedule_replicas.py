@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from testbed.broker import Broker
 from testbed.daemon import Replica, env_for
 from testbed.subscriber import Subscriber
 from testbed.waiting import wait_until
-
-
-@pytest.fixture
-def replicas() -> Iterator[list[Replica]]:
-    started: list[Replica] = []
-    yield started
-    for replica in started:
-        replica.close()
 
 
 def query(db_url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:

@@ -158,6 +158,25 @@ def test_cancel_a_pending_job(
     assert not browser.find_elements(By.ID, f"job-{job}")
 
 
+def test_a_job_page_shows_its_mqtt5_properties_and_binary_payload(
+    browser: webdriver.Chrome, web: str, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    job = scalar(
+        sql,
+        "INSERT INTO jobs (topic, payload_bytes, fire_at, dedupe_key, content_type,"
+        " user_properties, expires_at) VALUES ('dev/9/fw', '\\x0a0bff'::bytea,"
+        " now() + interval '1 hour', 'fw-9-' || gen_random_uuid(), 'application/octet-stream',"
+        " '{\"site\": \"north\"}', now() + interval '2 hours') RETURNING id",
+    )
+    key = scalar(sql, f"SELECT dedupe_key FROM jobs WHERE id = {job}")
+    log_in(browser, web)
+    browser.get(f"{web}/jobs/{job}")
+    assert text(browser, "job-payload") == "0a 0b ff"
+    assert text(browser, "job-dedupe-key") == key
+    assert text(browser, "job-content-type") == "application/octet-stream"
+    assert "site = north" in text(browser, "job-properties")
+
+
 def test_requeue_a_dead_job(
     browser: webdriver.Chrome, web: str, sql: psycopg.Connection[tuple[Any, ...]]
 ) -> None:
@@ -172,6 +191,60 @@ def test_requeue_a_dead_job(
     assert text(browser, "job-state") == "pending"
     row = sql.execute(f"SELECT failed_at, attempts FROM jobs WHERE id = {job}").fetchone()
     assert row == (None, 0)
+
+
+def test_pause_and_resume_a_filter(
+    browser: webdriver.Chrome, web: str, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    topic_filter = "home/+/valve/#"
+    sql.execute("DELETE FROM pauses WHERE filter = %s", (topic_filter,))
+    log_in(browser, web)
+    browser.find_element(By.LINK_TEXT, "Pauses").click()
+    wait_until(lambda: browser.current_url == web + "/pauses", 10, "the pauses page")
+    browser.find_element(By.ID, "pause-filter").send_keys(topic_filter)
+    browser.find_element(By.ID, "pause-reason").send_keys("valve maintenance")
+    browser.find_element(By.ID, "pause").click()
+    wait_until(lambda: "notice=" in browser.current_url, 10, "the pauses page after pausing")
+    assert text(browser, "notice") == f"{topic_filter} paused"
+    row = sql.execute("SELECT reason FROM pauses WHERE filter = %s", (topic_filter,)).fetchone()
+    assert row == ("valve maintenance",)
+    listed = browser.find_element(By.CSS_SELECTOR, f'tr.pause[data-filter="{topic_filter}"]')
+    assert "valve maintenance" in listed.text
+
+    # A filter the table refuses comes back with the rule, and nothing is paused.
+    browser.find_element(By.ID, "pause-filter").send_keys("home/#/valve")
+    browser.find_element(By.ID, "pause").click()
+    wait_until(lambda: "home%2F%23%2Fvalve" in browser.current_url, 10, "the refusal")
+    assert "is not an MQTT topic filter" in text(browser, "notice")
+    assert scalar(sql, "SELECT count(*) FROM pauses WHERE filter = 'home/#/valve'") == 0
+
+    browser.find_element(
+        By.CSS_SELECTOR, f'tr.pause[data-filter="{topic_filter}"] button.resume'
+    ).click()
+    wait_until(lambda: "resumed" in browser.current_url, 10, "the pauses page after resuming")
+    assert text(browser, "notice") == f"{topic_filter} resumed"
+    assert scalar(sql, "SELECT count(*) FROM pauses WHERE filter = 'home/+/valve/#'") == 0
+    assert not browser.find_elements(By.CSS_SELECTOR, f'tr.pause[data-filter="{topic_filter}"]')
+
+
+def test_the_overview_lists_replicas_with_their_heartbeat_age(
+    browser: webdriver.Chrome, web: str, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    replica = "00000000-0000-0000-0000-00000000b0b0"
+    sql.execute(
+        "INSERT INTO jobpub_replicas (id, host, version, partition, heartbeat_at)"
+        " VALUES (%s, 'browser-host', '9.9.9', '1/3', now() - interval '3 minutes')"
+        " ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
+        (replica,),
+    )
+    log_in(browser, web)
+    row = text(browser, f"replica-{replica}")
+    assert "browser-host" in row
+    assert "1/3" in row
+    assert "3 min ago, stale" in row  # older than JOBPUB_REPLICA_STALE_AFTER
+    live = scalar(sql, "SELECT count(*) FROM jobpub_replicas"
+                       " WHERE heartbeat_at >= now() - interval '15 seconds'")  # fmt: skip
+    assert text(browser, "replicas-live") == str(live)
 
 
 def test_an_action_without_the_csrf_token_is_refused(
@@ -193,16 +266,32 @@ def test_an_action_without_the_csrf_token_is_refused(
     refused.value.close()
     assert scalar(sql, f"SELECT count(*) FROM jobs WHERE id = {job}") == 1
 
+    forged_pause = urllib.request.Request(  # noqa: S310 - http:// of our own server
+        f"{web}/pauses",
+        data=urllib.parse.urlencode({"csrf": "guess", "filter": "forged/#"}).encode(),
+        headers={"Cookie": f"jobpub_session={session['value']}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(forged_pause, timeout=10)  # noqa: S310 - our own server
+    assert refused.value.code == 403
+    refused.value.close()
+    assert scalar(sql, "SELECT count(*) FROM pauses WHERE filter = 'forged/#'") == 0
+
 
 def test_pages_fit_a_phone_screen(
     browser: webdriver.Chrome, web: str, sql: psycopg.Connection[tuple[Any, ...]]
 ) -> None:
     job = seed(sql)["dead"]
+    sql.execute(
+        "INSERT INTO pauses (filter, reason) VALUES ('buildings/+/floors/+/rooms/+/thermostats/#',"
+        " 'a long filter and a long reason: heating contractor on site all week') "
+        "ON CONFLICT DO NOTHING"
+    )
     log_in(browser, web)
     size = browser.get_window_size()
     browser.set_window_size(390, 844)
     try:
-        for path in ("/", "/jobs", "/schedules", "/dead", f"/jobs/{job}"):
+        for path in ("/", "/jobs", "/schedules", "/dead", "/pauses", f"/jobs/{job}"):
             browser.get(web + path)
             overflow = browser.execute_script(
                 "return document.documentElement.scrollWidth - window.innerWidth"

@@ -4,17 +4,14 @@ PostgreSQL and a real Mosquitto read by paho (MQTT 5, so properties are visible)
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from jobpub import migrations
 from jobpub.db.admin import migrate, requeue
@@ -23,6 +20,7 @@ from jobpub.models import PUBLISHED, Delivery, Job, Outcome
 from jobpub.publisher import MqttPublisher, PublisherConfig
 from testbed.broker import Broker
 from testbed.daemon import make_settings, running
+from testbed.subscriber import Subscriber
 from testbed.waiting import eventually
 from tests.integration.test_bad_rows import LEGACY_TABLE
 from tests.integration.test_schema_and_claim import opened_store
@@ -43,39 +41,12 @@ class Seen:
     arrived_at: float  # time.time()
 
 
-class PropertySubscriber:
-    """paho, MQTT 5, subscribed to `<prefix>/#`: records each message's properties."""
+class PropertySubscriber(Subscriber):
+    """testbed's paho subscriber (MQTT 5), recording each message's properties as well."""
 
     def __init__(self, port: int) -> None:
-        self.prefix = f"jobcols/{uuid.uuid4().hex[:8]}"
-        self._port = port
+        super().__init__(port, f"jobcols/{uuid.uuid4().hex[:8]}")
         self._seen: list[Seen] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"props-{uuid.uuid4().hex[:8]}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        self._client.on_connect = lambda client, *_: client.subscribe(f"{self.prefix}/#", qos=1)
-        self._client.on_subscribe = lambda *_: self._subscribed.set()
-        self._client.on_message = self._on_message
-
-    def topic(self, suffix: str) -> str:
-        return f"{self.prefix}/{suffix}"
-
-    def __enter__(self) -> PropertySubscriber:
-        self._client.connect("127.0.0.1", self._port)
-        self._client.loop_start()
-        if not self._subscribed.wait(10):
-            raise RuntimeError("subscriber did not subscribe")
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
 
     def _on_message(self, _: mqtt.Client, __: object, message: mqtt.MQTTMessage) -> None:
         arrived = time.time()
@@ -94,7 +65,7 @@ class PropertySubscriber:
         with self._lock:
             self._seen.append(seen)
 
-    async def wait_for(self, count: int, timeout: float = 20) -> dict[str, Seen]:
+    async def properties_of(self, count: int, timeout: float = 20) -> dict[str, Seen]:
         """The messages by topic under the prefix, once `count` arrived."""
 
         def have() -> int:
@@ -148,7 +119,7 @@ async def test_expired_rows_are_never_published_and_end_expired_with_the_reason(
             return set((await states(db)).values()) <= {"published", "expired"}
 
         await eventually(settled, 20, "every row settled")
-    seen = await props.wait_for(1)
+    seen = await props.properties_of(1)
     assert list(seen) == ["ok"]
     assert await states(db) == {1: "expired", 2: "expired", 3: "expired", 4: "published"}
     cursor = await db.execute(
@@ -205,7 +176,7 @@ async def test_the_expiry_interval_is_the_seconds_left_rounded_up(
         Delivery.EXPIRED,
         Delivery.PUBLISHED,
     ]
-    seen = await props.wait_for(2)
+    seen = await props.properties_of(2)
     assert sorted(seen) == ["far", "soon"]
     soon = seen["soon"]
     # 2.2 s left goes out as 3. Mosquitto forwards what is left in whole seconds, one
@@ -224,7 +195,7 @@ async def test_a_published_row_carries_its_expiry_through_the_daemon(
         (props.topic("hour"),),
     )
     async with running(make_settings(db_url, broker.url)):
-        seen = await props.wait_for(1)
+        seen = await props.properties_of(1)
     assert seen["hour"].expiry_interval is not None
     assert 3590 <= seen["hour"].expiry_interval <= 3600
 
@@ -334,7 +305,7 @@ async def test_properties_and_a_binary_payload_arrive_intact(
         "INSERT INTO jobs (topic, payload) VALUES (%s, 'plain')", (props.topic("plain"),)
     )
     async with running(make_settings(db_url, broker.url)):
-        seen = await props.wait_for(3)
+        seen = await props.properties_of(3)
     text, raw, plain = seen["text"], seen["binary"], seen["plain"]
     assert text.payload == b'{"open": true}'
     assert text.content_type == "application/json"
@@ -361,7 +332,7 @@ async def test_mqtt_311_drops_properties_but_sends_the_binary_payload(
         (props.topic("old"),),
     )
     async with running(make_settings(db_url, broker.url, mqtt_protocol="3.1.1")):
-        seen = await props.wait_for(1)
+        seen = await props.properties_of(1)
     old = seen["old"]
     assert old.payload == b"\x00\xff"
     assert old.user_properties == []  # the job id included

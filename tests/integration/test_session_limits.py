@@ -3,6 +3,7 @@ connection, and the hold timeout that frees a frozen replica's claimed rows."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -10,7 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
+import pytest
 
+from jobpub.db import database
 from jobpub.db.claim import ClaimConfig, Claimer
 from jobpub.db.complete import Completer, RetryPolicy
 from jobpub.db.database import (
@@ -84,6 +87,15 @@ async def test_own_connections_keep_alive_and_a_url_may_set_its_own(db_url: str)
         assert socket_options(listener) == (1, KEEPALIVE_IDLE, TCP_USER_TIMEOUT_MS)
     async with await connect(f"{db_url}?keepalives_idle=42", autocommit=True) as tuned:
         assert socket_options(tuned)[1] == 42
+
+
+async def test_own_connections_give_up_on_a_server_that_never_answers(monkeypatch: Any) -> None:
+    # A listener that accepts and says nothing: without connect_timeout libpq waits forever.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        monkeypatch.setattr(database, "CONNECT_TIMEOUT_S", 2)  # libpq's smallest
+        with pytest.raises(psycopg.OperationalError, match="timeout"):
+            await asyncio.wait_for(connect(f"postgresql://postgres@127.0.0.1:{port}/x"), 30)
 
 
 async def test_a_claim_held_past_the_hold_timeout_frees_its_rows_and_its_owner_goes_on(

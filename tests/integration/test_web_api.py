@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -15,7 +17,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from jobpub.db.web import COUNT_CAP
+from jobpub.db.stats import COUNT_CAP
 from jobpub.web.app import create_app
 from jobpub.web.config import WebConfig, bind_refusal
 from tests.browser.chrome import web_process
@@ -109,9 +111,10 @@ def test_the_readonly_token_may_get_but_not_change(
 
 def test_openapi_and_docs_are_served_without_a_cdn(client: TestClient) -> None:
     schema = client.get("/api/openapi.json").json()
-    assert {"/api/jobs", "/api/jobs/{job_id}", "/api/stats", "/api/schedules"} <= set(
-        schema["paths"]
-    )
+    assert {
+        "/api/jobs", "/api/jobs/{job_id}", "/api/stats", "/api/schedules", "/api/pauses",
+        "/api/pauses/{topic_filter}", "/api/replicas",
+    } <= set(schema["paths"])  # fmt: skip
     docs = client.get("/api/docs").text
     assert "/api/docs/assets/swagger-ui-bundle.js" in docs
     assert "cdn" not in docs.lower()
@@ -154,6 +157,17 @@ def test_jobpub_web_without_a_token_serves_locally_and_says_so(db_url: str, tmp_
         with urllib.request.urlopen(f"{url}/api/stats", timeout=10) as response:  # noqa: S310
             assert response.status == 200
         assert "web_without_token" in log.read_text()
+        # uvicorn decodes the path before routing, as the test client does: a filter
+        # encoded whole reaches the pause it names.
+        pause = urllib.request.Request(  # noqa: S310 - http:// of our own server
+            f"{url}/api/pauses", data=b'{"filter": "a/+/#"}',
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(pause, timeout=10) as response:  # noqa: S310
+            assert response.status == 201
+        resume = urllib.request.Request(f"{url}/api/pauses/a%2F%2B%2F%23", method="DELETE")  # noqa: S310
+        with urllib.request.urlopen(resume, timeout=10) as response:  # noqa: S310
+            assert response.status == 204
 
 
 def test_without_a_token_every_request_is_allowed(db_url: str) -> None:
@@ -229,7 +243,7 @@ def test_a_job_being_published_is_a_conflict_not_a_wait(
     with psycopg.connect(db_url) as replica:  # holds the row as a claim does
         replica.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job,))
         body = assert_problem(client.delete(f"/api/jobs/{job}", headers=ADMIN), 409)
-        assert "being published" in body["detail"]
+        assert "locked by another transaction" in body["detail"]
         replica.rollback()
     assert client.delete(f"/api/jobs/{job}", headers=ADMIN).status_code == 204
 
@@ -303,6 +317,239 @@ def test_invalid_input_is_400_with_actionable_messages(client: TestClient) -> No
     assert_problem(client.patch("/api/jobs/1", headers=ADMIN, json={}), 400)
 
 
+def test_a_job_with_expiry_dedupe_key_and_mqtt5_properties(
+    client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    fire_at = datetime.now(UTC) + timedelta(minutes=5)
+    expires_at = fire_at + timedelta(hours=1)
+    body = {
+        "topic": "t/valve/7", "payload": '{"open": true}', "fire_at": fire_at.isoformat(),
+        "expires_at": expires_at.isoformat(), "dedupe_key": "v7-0600",
+        "properties": {"content_type": "application/json",
+                       "user_properties": {"site": "north"},
+                       "response_topic": "t/replies/7", "correlation_data": "AAEC"},
+    }  # fmt: skip
+    created = client.post("/api/jobs", headers=ADMIN, json=body)
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert (job["expires_at"], job["dedupe_key"], job["payload_size"]) == (
+        expires_at.isoformat().replace("+00:00", "Z"), "v7-0600", 14,
+    )  # fmt: skip
+    assert job["properties"] == body["properties"]
+    row = sql.execute(
+        "SELECT expires_at, dedupe_key, content_type, user_properties, response_topic,"
+        " correlation_data, payload_bytes FROM jobs WHERE id = %s", (job["id"],),
+    ).fetchone()  # fmt: skip
+    assert row == (expires_at, "v7-0600", "application/json", {"site": "north"},
+                   "t/replies/7", b"\x00\x01\x02", None)  # fmt: skip
+    assert client.get(f"/api/jobs/{job['id']}", headers=READER).json() == job
+
+    # The key taken: that job, not a second one (as jobpub.client answers).
+    again = client.post("/api/jobs", headers=ADMIN, json={**body, "payload": "other"})
+    assert again.status_code == 200, again.text
+    assert again.json() == job
+    assert again.headers["location"] == f"/api/jobs/{job['id']}"
+    assert sql.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
+
+
+def test_a_binary_payload_and_the_expired_state(
+    client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    blob = bytes(range(256))
+    created = client.post(
+        "/api/jobs", headers=ADMIN,
+        json={"topic": "t/fw", "payload_base64": base64.b64encode(blob).decode(), "delay": 60},
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert (job["payload"], job["payload_size"]) == ("", 256)
+    assert base64.b64decode(job["payload_base64"]) == blob
+    row = sql.execute("SELECT payload, payload_bytes FROM jobs WHERE id = %s", (job["id"],))
+    assert row.fetchone() == ("", blob)
+    listed = client.get("/api/jobs", headers=READER, params={"state": "pending"}).json()
+    assert base64.b64decode(listed["jobs"][0]["payload_base64"]) == blob[:150]
+    assert listed["jobs"][0]["payload_size"] == 256
+
+    expired = insert(
+        sql,
+        "INSERT INTO jobs (topic, payload, fire_at, expires_at, processed, processed_at,"
+        " expired_at) VALUES ('t/late', 'x', now() - interval '2 hours',"
+        " now() - interval '1 hour', true, now(), now())",
+    )
+    done = published(sql)
+    assert client.get(f"/api/jobs/{expired}", headers=READER).json()["state"] == "expired"
+    by_state = {
+        state: [j["id"] for j in client.get(
+            "/api/jobs", headers=READER, params={"state": state}).json()["jobs"]]
+        for state in ("expired", "published")
+    }  # fmt: skip
+    assert by_state == {"expired": [expired], "published": [done]}
+
+
+def test_a_settled_row_with_unchecked_properties_is_still_shown(
+    db_url: str, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    """Checks exempt settled rows (sql/0010): an adopted dead row may hold any JSON."""
+    odd = insert(
+        sql,
+        "INSERT INTO jobs (topic, payload, failed_at, last_error, user_properties)"
+        " VALUES ('t/odd', 'x', now(), 'old', '[1, {\"n\": 2}]')",
+    )
+    with TestClient(create_app(WebConfig(db_url))) as local:
+        job = local.get(f"/api/jobs/{odd}")
+        assert job.status_code == 200, job.text
+        assert job.json()["properties"]["user_properties"] == [1, {"n": 2}]
+        assert local.get("/api/jobs", params={"state": "dead"}).status_code == 200
+        page = local.get(f"/jobs/{odd}")
+        assert page.status_code == 200
+        assert '<td class="mono">[1, {"n": 2}]</td>' in page.text
+
+
+def test_new_job_fields_are_validated(client: TestClient) -> None:
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"topic": "t/x", "payload": "a", "payload_base64": "YQ=="}, "not both"),
+        ({"topic": "t/x", "payload_base64": "not base64!"}, "payload_base64"),
+        ({"topic": "t/x", "delay": 120, "expires_at": soon}, "expire before it is due"),
+        ({"topic": "t/x", "expires_at": "2030-01-01T00:00:00"}, "timezone"),
+        ({"topic": "t/x", "dedupe_key": ""}, "dedupe_key"),
+        ({"topic": "t/x", "properties": {"user_properties": {"n": 1}}}, "user_properties.n"),
+        ({"topic": "t/x", "properties": {"response_topic": "t/+"}}, "wildcards"),
+        ({"topic": "t/x", "properties": {"qos": 1}}, "properties.qos: is not a field"),
+    ]
+    for body, expected in cases:
+        problem = assert_problem(client.post("/api/jobs", headers=ADMIN, json=body), 400)
+        assert expected in problem["detail"], (body, problem)
+
+
+# --- pauses ------------------------------------------------------------------------------
+
+
+def test_pause_list_and_resume_filters_with_wildcards(
+    client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    filters = ["devices/+/valve/#", "#", "/leading", "a//b", "t/lamp", "x/+"]
+    for topic_filter in filters:
+        paused = client.post("/api/pauses", headers=ADMIN,
+                             json={"filter": topic_filter, "reason": "maintenance"})  # fmt: skip
+        assert paused.status_code == 201, paused.text
+        assert paused.json()["filter"] == topic_filter
+        found = client.get(paused.headers["location"], headers=READER).json()
+        assert found["paused_at"] == paused.json()["paused_at"]
+    listed = client.get("/api/pauses", headers=READER).json()
+    assert sorted(p["filter"] for p in listed) == sorted(filters)
+    assert {p["reason"] for p in listed} == {"maintenance"}
+    assert client.get("/api/stats", headers=READER).json()["pauses"] == len(filters)
+
+    # Pausing again is no error: 200, the pause keeps its start, a reason replaces the old.
+    again = client.post("/api/pauses", headers=ADMIN,
+                        json={"filter": "t/lamp", "reason": "still broken"})  # fmt: skip
+    assert again.status_code == 200, again.text
+    assert again.json()["reason"] == "still broken"
+    first = next(p for p in listed if p["filter"] == "t/lamp")
+    assert again.json()["paused_at"] == first["paused_at"]
+
+    # In a path: `#` as %23; `/` and `+` as they are or encoded.
+    for path in ("devices/+/valve/%23", "%23", "/leading", "a//b", "t%2Flamp", "x/%2B"):
+        resumed = client.delete(f"/api/pauses/{path}", headers=ADMIN)
+        assert resumed.status_code == 204, (path, resumed.text)
+    assert sql.execute("SELECT count(*) FROM pauses").fetchone() == (0,)
+    missing = assert_problem(client.delete("/api/pauses/t/lamp", headers=ADMIN), 404)
+    assert "'t/lamp' is not paused" in missing["detail"]
+    assert_problem(client.get("/api/pauses/t/lamp", headers=ADMIN), 404)
+
+
+def test_pauses_need_a_token_and_the_readonly_one_may_only_look(
+    client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    sql.execute("INSERT INTO pauses (filter) VALUES ('t/held')")
+    assert_problem(client.get("/api/pauses"), 401)
+    assert_problem(client.post("/api/pauses", json={"filter": "t/x"}), 401)
+    assert_problem(client.get("/api/replicas"), 401)
+    assert client.get("/api/pauses", headers=READER).status_code == 200
+    assert client.get("/api/replicas", headers=READER).status_code == 200
+    assert_problem(client.post("/api/pauses", headers=READER, json={"filter": "t/x"}), 403)
+    assert_problem(client.delete("/api/pauses/t/held", headers=READER), 403)
+    assert sql.execute("SELECT filter FROM pauses").fetchall() == [("t/held",)]
+
+
+def test_an_invalid_filter_is_400_with_the_rule(
+    client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"filter": "a/#/b"}, "not an MQTT topic filter"),
+        ({"filter": "a+/b"}, "'+' fills a whole level"),
+        ({"filter": ""}, "filter: a filter may not be empty"),
+        ({"filter": "a/\x00"}, "control characters"),
+        ({"reason": "x"}, "filter: is required"),
+        ({"filter": "a", "until": "soon"}, "until: is not a field"),
+        ({"filter": "a", "reason": "x" * 1001}, "reason"),
+    ]
+    for body, expected in cases:
+        problem = assert_problem(client.post("/api/pauses", headers=ADMIN, json=body), 400)
+        assert expected in problem["detail"], (body, problem)
+        assert problem["errors"][0]["field"] in ("filter", "until", "reason")
+    assert sql.execute("SELECT count(*) FROM pauses").fetchone() == (0,)
+
+
+def _log_in(client: TestClient, token: str) -> str:
+    """Log the test client in to the dashboard; the session's CSRF token."""
+    client.cookies.clear()
+    assert client.post("/login", data={"token": token}, follow_redirects=False).status_code == 303
+    page = client.get("/pauses")
+    assert page.status_code == 200
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_dashboard_pauses_page_needs_the_admin_token_and_csrf(
+    client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    csrf = _log_in(client, READONLY)
+    assert 'id="pause-form"' not in client.get("/pauses").text
+    refused = client.post("/pauses", data={"csrf": csrf, "filter": "t/#"})
+    assert_problem(refused, 403)
+
+    csrf = _log_in(client, TOKEN)
+    assert 'id="pause-form"' in client.get("/pauses").text
+    assert_problem(client.post("/pauses", data={"csrf": "stale", "filter": "t/#"}), 403)
+    assert sql.execute("SELECT count(*) FROM pauses").fetchone() == (0,)
+
+    paused = client.post("/pauses", data={"csrf": csrf, "filter": " t/# ", "reason": "why"},
+                         follow_redirects=False)  # fmt: skip
+    assert paused.status_code == 303
+    assert sql.execute("SELECT filter, reason FROM pauses").fetchall() == [("t/#", "why")]
+    resumed = client.post("/pauses/resume", data={"csrf": csrf, "filter": "t/#"})
+    assert "t/# resumed" in resumed.text
+    assert sql.execute("SELECT count(*) FROM pauses").fetchone() == (0,)
+    again = client.post("/pauses/resume", data={"csrf": csrf, "filter": "t/#"})
+    assert "is not paused" in again.text
+
+
+# --- replicas ----------------------------------------------------------------------------
+
+
+def test_replicas_with_their_heartbeat_age(
+    client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    sql.execute(
+        "INSERT INTO jobpub_replicas (id, host, version, partition, started_at, heartbeat_at)"
+        " VALUES ('00000000-0000-0000-0000-000000000001', 'pub-a', '1.2.0', '0/1',"
+        "         now() - interval '1 hour', now() - interval '2 seconds'),"
+        "        ('00000000-0000-0000-0000-000000000002', 'pub-b', '1.2.0', '0/1',"
+        "         now() - interval '2 hours', now() - interval '90 seconds')"
+    )
+    replicas = client.get("/api/replicas", headers=READER).json()
+    assert [(r["host"], r["live"], r["partition"], r["version"]) for r in replicas] == [
+        ("pub-a", True, "0/1", "1.2.0"), ("pub-b", False, "0/1", "1.2.0"),
+    ]  # fmt: skip
+    assert replicas[0]["id"] == "00000000-0000-0000-0000-000000000001"
+    assert 2 <= replicas[0]["heartbeat_age_s"] < 30
+    assert 90 <= replicas[1]["heartbeat_age_s"] < 120
+    assert client.get("/api/stats", headers=READER).json()["replicas_live"] == 1
+
+
 # --- stats -------------------------------------------------------------------------------
 
 
@@ -318,12 +565,27 @@ def test_stats_agree_with_sql(client: TestClient, sql: psycopg.Connection[tuple[
     assert stats["counts"]["due"] == {"value": 1, "exact": True, "kind": "exact"}
     assert stats["counts"]["dead"] == {"value": 1, "exact": True, "kind": "exact"}
     assert stats["counts"]["published"] == {"value": 1, "exact": False, "kind": "estimate"}
+    assert stats["counts"]["expired"] == {"value": 0, "exact": False, "kind": "estimate"}
     assert 119 < stats["oldest_due_age_s"] < 180
     assert len(stats["last_hour"]) == 60
     assert sum(m["published"] for m in stats["last_hour"]) == 1
     assert sum(m["dead"] for m in stats["last_hour"]) == 1
     assert stats["last_hour"][-1]["due_backlog"] == 1
     assert due
+
+
+def test_a_job_waiting_out_a_retrys_backoff_is_pending_not_due(
+    client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    pending(sql, in_s=-60)
+    sql.execute(
+        "INSERT INTO jobs (topic, payload, fire_at, attempts, next_attempt_at)"
+        " VALUES ('t/retrying', 'x', now() - interval '1 hour', 1, now() + interval '1 minute')"
+    )
+    stats = client.get("/api/stats", headers=READER).json()
+    assert stats["counts"]["pending"]["value"] == 2
+    assert stats["counts"]["due"] == {"value": 1, "exact": True, "kind": "exact"}
+    assert 59 < stats["oldest_due_age_s"] < 120  # not the hour-late row in backoff
 
 
 def test_stats_past_the_count_cap_are_estimates_labelled_so(

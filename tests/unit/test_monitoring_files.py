@@ -35,6 +35,7 @@ REQUIRED_PANELS = {
     "Failures by reason",
     "Replicas up",
     "Broker and database up",
+    "Delivery probe",
 }
 REQUIRED_ALERTS = {
     "JobpubNoReadyReplica",
@@ -43,6 +44,9 @@ REQUIRED_ALERTS = {
     "JobpubDueBacklogGrowing",
     "JobpubPublishLagHigh",
     "JobpubDeadJobsIncreasing",
+    "JobpubProbesMissing",
+    "JobpubProbeNoSubscriber",
+    "JobpubProbesNotReceived",
 }
 DATASOURCE = "${datasource}"
 

@@ -24,7 +24,16 @@ from jobpub.mqtt import (
     encode_varint,
     topic_problem,
 )
-from jobpub.mqtt.codec import decode_connack, decode_disconnect, decode_publish_id
+from jobpub.mqtt.codec import (
+    InboundMessage,
+    decode_connack,
+    decode_disconnect,
+    decode_publish,
+    decode_publish_id,
+    decode_suback,
+    encode_subscribe,
+    read_varint,
+)
 from testbed.scripted_broker import scripted_broker
 
 
@@ -157,6 +166,8 @@ def test_decoding_random_bytes_raises_only_the_packages_errors(data: bytes, vers
         lambda: decode_connack(view, version),
         lambda: decode_disconnect(view),
         lambda: decode_publish_id(0x30 | (data[0] & 0x06 if data else 0), view),
+        lambda: decode_publish(0x30 | (data[0] & 0x06 if data else 0), view, version),
+        lambda: decode_suback(view, version),
     ):
         with contextlib.suppress(ProtocolError, ConnectRefused):
             decode()
@@ -168,3 +179,69 @@ def test_a_property_block_cut_short_is_a_protocol_error(block: bytes) -> None:
     announced = encode_varint(len(block) + 1) + block
     with pytest.raises(ProtocolError):
         decode_properties(memoryview(announced))
+
+
+# -- subscribing: SUBSCRIBE out, SUBACK and PUBLISH in ---------------------------------
+
+
+def test_subscribe_v311_is_packet_id_filter_and_qos() -> None:
+    # MQTT 3.1.1 3.8: fixed header 0x82, packet id, length-prefixed filter, requested QoS.
+    assert encode_subscribe(7, "a/b", 1, PROTOCOL_V311) == b"\x82\x08\x00\x07\x00\x03a/b\x01"
+
+
+def test_subscribe_v5_has_an_empty_property_block_before_the_filter() -> None:
+    assert encode_subscribe(7, "a/b", 2, PROTOCOL_V5) == (b"\x82\x09\x00\x07\x00\x00\x03a/b\x02")
+
+
+@pytest.mark.parametrize(
+    ("packet_id", "topic_filter", "qos"), [(0, "a", 1), (65536, "a", 1), (1, "", 1), (1, "a", 3)]
+)
+def test_subscribe_refuses_what_mqtt_forbids(packet_id: int, topic_filter: str, qos: int) -> None:
+    with pytest.raises(ValueError, match=r"is not|filter is"):
+        encode_subscribe(packet_id, topic_filter, qos, PROTOCOL_V5)
+
+
+def test_suback_gives_the_packet_id_and_codes_in_both_versions() -> None:
+    assert decode_suback(memoryview(b"\x00\x07\x01"), PROTOCOL_V311) == (7, [1])
+    assert decode_suback(memoryview(b"\x00\x07\x80"), PROTOCOL_V311) == (7, [0x80])
+    # MQTT 5: a property block (here a Reason String) comes before the codes.
+    v5 = b"\x00\x07" + b"\x05\x1f\x00\x02no" + b"\x87"
+    assert decode_suback(memoryview(v5), PROTOCOL_V5) == (7, [0x87])
+
+
+@pytest.mark.parametrize("body", [b"\x00\x07", b"\x00\x07\x00"])
+def test_a_suback_without_a_code_is_a_protocol_error(body: bytes) -> None:
+    version = PROTOCOL_V5 if len(body) == 3 else PROTOCOL_V311
+    with pytest.raises(ProtocolError):
+        decode_suback(memoryview(body), version)
+
+
+def test_publish_qos1_v311_gives_the_message_and_its_packet_id() -> None:
+    body = b"\x00\x03a/b\x00\x2apayload"
+    message, packet_id = decode_publish(0x32 | 0x08 | 0x01, memoryview(body), PROTOCOL_V311)
+    assert message == InboundMessage("a/b", b"payload", qos=1, retain=True, duplicate=True)
+    assert packet_id == 42
+
+
+def test_publish_v5_skips_its_properties_and_qos0_has_no_packet_id() -> None:
+    # A user property (0x26) and Payload Format Indicator: read past, not in the payload.
+    properties = b"\x01\x01" + b"\x26\x00\x01k\x00\x01v"
+    body = b"\x00\x01t" + bytes([len(properties)]) + properties + b"p"
+    message, packet_id = decode_publish(0x30, memoryview(body), PROTOCOL_V5)
+    assert message == InboundMessage("t", b"p", qos=0, retain=False, duplicate=False)
+    assert packet_id is None
+
+
+def test_what_encode_publish_writes_decode_publish_reads() -> None:
+    sent = Message("x/y", b"\x00bytes", qos=1, user_properties=[("jobpub-job-id", "9")])
+    for version in (PROTOCOL_V5, PROTOCOL_V311):
+        head, tail = encode_publish(sent, version)
+        packet = head + (5).to_bytes(2) + tail
+        _, body_start = read_varint(memoryview(packet), 1)
+        message, packet_id = decode_publish(packet[0], memoryview(packet[body_start:]), version)
+        assert (message.topic, message.payload, message.qos, packet_id) == (
+            "x/y",
+            b"\x00bytes",
+            1,
+            5,
+        )

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.metrics import Metrics
-from jobpub.models import PUBLISHED, Job, Outcome, Settled
+from jobpub.models import PUBLISHED, Delivery, Job, Outcome, Settled
 from jobpub.relay import Relay, RelayConfig
 from testbed.waiting import eventually
 
@@ -322,3 +322,37 @@ async def test_drain_timeout_lets_a_settle_finish_its_commit() -> None:
         await asyncio.wait_for(task, 5)
     assert not batch.commit_cut
     assert batch.settled == [PUBLISHED]
+
+
+class CrashingPublisher(FakePublisher):
+    """Raises as a bug of ours would on one row (the legacy NULL payload did before)."""
+
+    def __init__(self, bad_id: int) -> None:
+        super().__init__()
+        self._bad_id = bad_id
+
+    def publish(self, jobs: Sequence[Job]) -> asyncio.Future[list[Outcome]]:
+        if any(job.id == self._bad_id for job in jobs):
+            raise AttributeError("'NoneType' object has no attribute 'encode'")
+        return super().publish(jobs)
+
+
+async def test_a_row_that_crashes_publishing_charges_its_batch_and_the_replica_goes_on() -> None:
+    poisoned = FakeBatch([job(1, -1), job(2, -1)])
+    later = FakeBatch([job(3, -1)])
+    publisher = CrashingPublisher(bad_id=2)
+    metrics = Metrics()
+    relay = relay_of(FakeSource(poisoned, later), publisher, metrics, config())
+    with capture_logs() as logs:
+        await run_until(relay, lambda: later.settled is not None, "the next batch settled")
+    assert poisoned.settled is not None
+    assert not poisoned.released
+    assert {o.delivery for o in poisoned.settled} == {Delivery.FAILED}  # an attempt each
+    assert {o.reason for o in poisoned.settled} == {"replica_error"}
+    assert "NoneType" in poisoned.settled[0].error
+    assert later.settled == [PUBLISHED]
+    assert [entry["event"] for entry in logs].count("batch_publish_crashed") == 1
+    failures = metrics.registry.get_sample_value(
+        "jobpub_publish_failures_total", {"reason": "replica_error"}
+    )
+    assert failures == 2

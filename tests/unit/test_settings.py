@@ -135,3 +135,27 @@ def test_retry_delays_are_bounded(value: str, clean_environment: pytest.MonkeyPa
     clean_environment.setenv("JOBPUB_RETRY_BACKOFF_MAX", value)
     with pytest.raises(ValidationError, match="retry_backoff_max"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"probe_topic": "a/#"}, "JOBPUB_PROBE_TOPIC: topic contains a wildcard"),
+        ({"probe_topic": "a", "probe_interval": 0.1}, "JOBPUB_PROBE_INTERVAL: Input should be"),
+        ({"probe_topic": "a", "probe_timeout": 0}, "JOBPUB_PROBE_TIMEOUT: Input should be"),
+        ({"probe_topic": "x/p", "topic_prefixes": "a/"}, "outside JOBPUB_TOPIC_PREFIXES"),
+        ({"probe_topic": "a", "transaction_pooling": True}, "does not keep"),
+    ],
+)
+def test_bad_probe_settings_are_refused_with_their_reason(
+    overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(database_url="postgresql://db/jobs", **overrides)
+    assert message in describe_errors(caught.value)
+
+
+@pytest.mark.parametrize("topic", [None, ""])
+def test_the_probe_is_off_without_a_topic(topic: str | None) -> None:
+    settings = Settings(database_url="postgresql://db/jobs", probe_topic=topic)
+    assert not settings.probe_topic

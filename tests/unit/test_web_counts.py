@@ -1,10 +1,11 @@
-"""How /api/stats labels its counts and measures the publish rate (jobpub.db.web)."""
+"""How /api/stats and `jobpub stats` label their counts and measure the publish rate
+(jobpub.db.stats)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from jobpub.db.web import Count, count_of, publish_rate, published_estimate
+from jobpub.db.stats import Count, count_of, publish_rate, settled_estimates
 
 END = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 START = END - timedelta(minutes=5)
@@ -27,10 +28,19 @@ def test_past_the_cap_without_a_larger_estimate_it_is_at_least_the_cap() -> None
     assert count_of(10, estimate=3, cap=10) == Count(10, "at_least")
 
 
-def test_published_is_the_table_less_the_unsettled_never_negative() -> None:
-    assert published_estimate(1_000, Count(100), Count(10)) == Count(890, "estimate")
-    assert published_estimate(5, Count(100), Count(10)) == Count(0, "estimate")
-    assert published_estimate(None, Count(0), Count(0)) == Count(0, "estimate")
+def test_published_is_the_table_less_the_other_states_never_negative() -> None:
+    pending, dead = Count(100), Count(10)
+    assert settled_estimates(1_000, 0.0, pending, dead) == (
+        Count(0, "estimate"), Count(890, "estimate"),
+    )  # fmt: skip
+    assert settled_estimates(1_000, 0.05, pending, dead) == (
+        Count(50, "estimate"), Count(840, "estimate"),
+    )  # fmt: skip
+    assert settled_estimates(5, 0.0, pending, dead) == (Count(0, "estimate"), Count(0, "estimate"))
+    # never analysed: no size
+    assert settled_estimates(None, 0.0, Count(0), Count(0)) == (
+        Count(0, "estimate"), Count(0, "estimate"),
+    )  # fmt: skip
 
 
 def test_the_rate_is_over_the_whole_window_while_counting_did_not_stop() -> None:

@@ -48,6 +48,14 @@ async def requeue(url: str, ids: Sequence[int] | None) -> list[int]:
     return requeued
 
 
+async def allow_probe_topic(url: str, topic: str) -> None:
+    """As the owner: let replicas connecting as jobpub_daemon probe `topic` (sql/0015)."""
+    with database_errors("allowing the delivery probe's topic"):
+        async with await _connect(url) as conn:
+            await conn.execute(queries.ALLOW_PROBE_TOPIC, {"topic": topic})
+            await conn.commit()
+
+
 async def migrate(
     url: str,
     scripts: Sequence[tuple[int, str, str]],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -100,16 +100,65 @@ class _Translate:
             raise DatabaseError(f"{self._action}: {str(exc).strip()}") from exc
 
 
+async def limit_session(connection: Connection, hold_timeout: float) -> None:
+    """The server's bounds on a session (SESSION_LIMITS): `hold_timeout` seconds for a
+    statement or an idle transaction, and keepalives on its side of the socket, so the
+    session of a peer gone silent ends (and its locks with it) in about 25 s."""
+    await connection.execute(
+        queries.SESSION_LIMITS,
+        {
+            "hold_timeout_ms": str(round(hold_timeout * 1000)),
+            "keepalives_idle": str(KEEPALIVE_IDLE),
+            "keepalives_interval": str(KEEPALIVE_INTERVAL),
+            "keepalives_count": str(KEEPALIVE_COUNT),
+            "tcp_user_timeout_ms": str(TCP_USER_TIMEOUT_MS),
+        },
+    )
+
+
+# libpq waits for a connection without limit by default: a shell command (`jobpub
+# schedule`, `jobpub pause`) or a LISTEN connection would hang on an unanswered SYN.
+CONNECT_TIMEOUT_S: Final = 10
+
+
 async def connect(
     url: str, *, autocommit: bool = False, connect_timeout: int | None = None
 ) -> Connection:
-    """A connection of its own, outside any pool (administration, LISTEN, recovery)."""
+    """A connection of its own, outside any pool (administration, LISTEN, recovery).
+    Connecting waits `connect_timeout` seconds, or the URL's own, or CONNECT_TIMEOUT_S."""
     options: dict[str, int] = keepalive_options(url)
     if connect_timeout is not None:
         options["connect_timeout"] = connect_timeout
+    elif conninfo_to_dict(url).get("connect_timeout") is None:
+        options["connect_timeout"] = CONNECT_TIMEOUT_S
     return await psycopg.AsyncConnection.connect(
         make_conninfo(url, **options), autocommit=autocommit
     )
+
+
+@contextlib.asynccontextmanager
+async def command_transaction(
+    url: str, action: str, *, connect_timeout: int, lock_timeout: float
+) -> AsyncIterator[Connection]:
+    """One transaction on a connection of its own, for a command run from a shell (`jobpub
+    add`): committed when the block ends without an error, every wait bounded. Connecting
+    waits at most `connect_timeout` seconds (a URL's own connect_timeout wins), a
+    statement at most `lock_timeout` seconds for a lock (set for this transaction only,
+    so safe behind PgBouncer); jobpub's errors out, each timeout saying which it was."""
+    given = conninfo_to_dict(url).get("connect_timeout")
+    timeout = int(given) if given is not None else connect_timeout
+    with database_errors(action):
+        try:
+            connection = await connect(url, connect_timeout=timeout)
+        except pg_errors.ConnectionTimeout as exc:
+            raise DatabaseUnavailable(
+                f"{action}: no answer from the database within {timeout} s (connect timeout)"
+            ) from exc
+        async with connection:  # psycopg commits on a clean exit, rolls back otherwise
+            await connection.execute(
+                queries.LIMIT_LOCK_WAIT, {"timeout": f"{round(lock_timeout * 1000)}ms"}
+            )
+            yield connection
 
 
 class Transaction:
@@ -180,16 +229,7 @@ class Database:
         """
         if self._hold_timeout is None:
             return
-        await connection.execute(
-            queries.SESSION_LIMITS,
-            {
-                "hold_timeout_ms": str(round(self._hold_timeout * 1000)),
-                "keepalives_idle": str(KEEPALIVE_IDLE),
-                "keepalives_interval": str(KEEPALIVE_INTERVAL),
-                "keepalives_count": str(KEEPALIVE_COUNT),
-                "tcp_user_timeout_ms": str(TCP_USER_TIMEOUT_MS),
-            },
-        )
+        await limit_session(connection, self._hold_timeout)
         await connection.commit()
 
     async def close(self) -> None:

@@ -499,3 +499,6 @@ SELECT filter, extract(epoch FROM now() - created_at)::float8 AS age_s, reason
 FROM pauses
 ORDER BY created_at, filter
 """
+
+# `jobpub migrate` with JOBPUB_PROBE_TOPIC set, as the owner (sql/0015_delivery_probes.sql).
+ALLOW_PROBE_TOPIC: Final[LiteralString] = "SELECT jobpub_allow_probe_topic(%(topic)s)"

@@ -1,10 +1,10 @@
 """The statements of `jobpub web` (REST API and dashboard), and the store that runs them.
 
 Lists page by keyset on (fire_at, id), never OFFSET, and nothing counts a whole table:
-counts are exact up to COUNT_CAP rows and labelled as the planner's estimate (or "at
-least") beyond; the published count is always an estimate. A state is derived from the
-delivery columns as the claim reads them (published = processed; dead = failed_at set;
-pending = neither).
+counts are exact up to jobpub.db.stats.COUNT_CAP rows and, past it, the planner's estimate
+(or "at least"), labelled so. A list by state filters on the delivery columns as the
+claim reads them (published = processed; expired = processed with expired_at; dead =
+failed_at set; pending = neither), so it walks a partial index in (fire_at, id) order.
 """
 
 from __future__ import annotations
@@ -13,28 +13,30 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal, LiteralString
+from typing import Any, Final, LiteralString
 
-import psycopg
 from psycopg import errors as pg_errors
-from psycopg.rows import class_row, dict_row
+from psycopg.rows import class_row
 
+from jobpub.db import pauses, producer
 from jobpub.db.database import Connection, Database, DatabaseConfig, database_errors
+from jobpub.db.producer import REFUSED, JobConflict, JobNotFound, NewJob, Refused, first_line
+from jobpub.db.stats import Stats, read_stats
 from jobpub.errors import DatabaseError
 
-# A count reads at most this many index entries (1-2 ms); past it the API gives the
-# planner's estimate, labelled so, or says "at least".
-COUNT_CAP: Final = 10_000
-
-# The columns every job answer carries, with the state derived as the claim sees it.
-# Each list statement below repeats them whole.
+# The columns every job answer carries; `state` is the column the version 10 trigger keeps
+# right. Each list statement below repeats them whole; a list carries the first 200
+# characters of a text payload or the first 150 bytes of a binary one, and the size.
 
 # Pending rows in claim order: jobs_pending_fire_at_idx (fire_at, id) serves the filter,
 # the order and the keyset cursor, so a page reads `limit + 1` index entries.
 LIST_PENDING_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       'pending' AS state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs
 WHERE NOT processed AND failed_at IS NULL
   AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
@@ -48,9 +50,12 @@ LIMIT %(limit)s
 
 # Dead rows in fire_at order, through jobs_dead_fire_at_idx (version 16).
 LIST_DEAD_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       'dead' AS state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs
 WHERE failed_at IS NOT NULL AND NOT processed
   AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
@@ -66,11 +71,33 @@ LIMIT %(limit)s
 # jobs_settled_fire_at_idx (version 16): most of a kept table is published, so the walk
 # skips few (dead) entries.
 LIST_PUBLISHED_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-       'published' AS state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs
-WHERE processed
+WHERE processed AND expired_at IS NULL
+  AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
+  AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
+  AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
+  AND (%(cursor_fire_at)s::timestamptz IS NULL
+       OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
+ORDER BY fire_at, id
+LIMIT %(limit)s
+"""
+
+# Rows that expired unsent (processed, with expired_at), in fire_at order.
+LIST_EXPIRED_JOBS: Final[LiteralString] = """
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
+FROM jobs
+WHERE processed AND expired_at IS NOT NULL
   AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
   AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
   AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
@@ -87,9 +114,12 @@ LIMIT %(limit)s
 # entries the rarer the topic is.
 LIST_ALL_JOBS: Final[LiteralString] = """
 SELECT * FROM (
-    (SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-            'pending' AS state, attempts, last_error, next_attempt_at, failed_at,
-            processed_at, created_at, expires_at, schedule_name
+    (SELECT id, topic, left(payload, 200) AS payload,
+            substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+            coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+            qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+            processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+            content_type, user_properties, response_topic, correlation_data
      FROM jobs
      WHERE NOT processed AND failed_at IS NULL
        AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
@@ -100,10 +130,12 @@ SELECT * FROM (
      ORDER BY fire_at, id
      LIMIT %(limit)s)
     UNION ALL
-    (SELECT id, topic, left(payload, 200) AS payload, qos, retain, fire_at,
-            CASE WHEN processed THEN 'published' ELSE 'dead' END AS state,
-            attempts, last_error, next_attempt_at, failed_at,
-            processed_at, created_at, expires_at, schedule_name
+    (SELECT id, topic, left(payload, 200) AS payload,
+            substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+            coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+            qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+            processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+            content_type, user_properties, response_topic, correlation_data
      FROM jobs
      WHERE (processed OR failed_at IS NOT NULL)
        AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
@@ -122,57 +154,18 @@ _LISTS: Final[dict[str | None, LiteralString]] = {
     "pending": LIST_PENDING_JOBS,
     "dead": LIST_DEAD_JOBS,
     "published": LIST_PUBLISHED_JOBS,
+    "expired": LIST_EXPIRED_JOBS,
     None: LIST_ALL_JOBS,
 }
-STATES: Final = ("pending", "published", "dead")
+STATES: Final = ("pending", "published", "dead", "expired")
 
 # One job by its primary key, the whole payload.
 GET_JOB: Final[LiteralString] = """
-SELECT id, topic, payload, qos, retain, fire_at,
-       CASE WHEN processed THEN 'published' WHEN failed_at IS NOT NULL THEN 'dead'
-            ELSE 'pending' END AS state,
-       attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, schedule_name
-FROM jobs WHERE id = %(id)s
-"""
-
-# The seed's INSERT with the optional delivery columns; fire_at from the database clock
-# when a delay is given, so "in 30 s" means 30 s by the clock the claim judges due by.
-ADD_JOB: Final[LiteralString] = """
-INSERT INTO jobs (topic, payload, fire_at, qos, retain)
-VALUES (%(topic)s, %(payload)s,
-        coalesce(%(fire_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
-        %(qos)s, %(retain)s)
-RETURNING id
-"""
-
-# Reschedule a pending row. SKIP LOCKED: a row a replica holds is being published now,
-# and the answer is a conflict at once, not a wait for the broker's ack. The fire_at
-# update trigger wakes the replicas; a retry's backoff is dropped with the new time.
-RESCHEDULE_JOB: Final[LiteralString] = """
-UPDATE jobs
-SET fire_at = coalesce(%(fire_at)s::timestamptz, now() + make_interval(secs => %(delay)s)),
-    next_attempt_at = NULL
-WHERE id = (SELECT id FROM jobs
-            WHERE id = %(id)s AND NOT processed AND failed_at IS NULL
-            FOR UPDATE SKIP LOCKED)
-RETURNING id
-"""
-
-# Cancel a pending row: delete it, unless a replica holds it (SKIP LOCKED, as above).
-CANCEL_JOB: Final[LiteralString] = """
-DELETE FROM jobs
-WHERE id = (SELECT id FROM jobs
-            WHERE id = %(id)s AND NOT processed AND failed_at IS NULL
-            FOR UPDATE SKIP LOCKED)
-RETURNING id
-"""
-
-# Why a reschedule or cancel touched nothing: no such row, settled, or held by a replica
-# (a row lock test that waits for nothing).
-JOB_CONFLICT: Final[LiteralString] = """
-SELECT CASE WHEN processed THEN 'published' WHEN failed_at IS NOT NULL THEN 'dead'
-            ELSE 'pending' END AS state
+SELECT id, topic, payload, payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
 FROM jobs WHERE id = %(id)s
 """
 
@@ -196,59 +189,8 @@ RETURNING id
 """
 NOTIFY_CHANGED: Final[LiteralString] = "SELECT pg_notify('jobpub_jobs', '')"
 
-# The overview's numbers in one round trip, none of which reads the table's bulk: each
-# count walks a small partial index (pending: jobs_pending_fire_at_idx; dead:
-# jobs_dead_failed_at_idx) and stops at the cap; the oldest due row is the pending
-# index's first entry. Sizes are the planner's own estimate: tuples per page at the last
-# VACUUM or ANALYZE times the pages now (so a table that grew since is sized as it is),
-# NULL for a relation never analysed. 10M rows: 1-3 ms (docs/performance.md).
-STATS: Final[LiteralString] = """
-WITH sizes AS (
-    SELECT relname,
-           CASE WHEN reltuples < 0 THEN NULL
-                WHEN relpages = 0 THEN reltuples
-                ELSE reltuples / relpages
-                     * (pg_relation_size(oid) / current_setting('block_size')::int)
-           END AS estimate
-    FROM pg_class
-    WHERE oid IN (to_regclass('jobs'), to_regclass('jobs_pending_fire_at_idx'),
-                  to_regclass('jobs_dead_failed_at_idx'))
-)
-SELECT
-    (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE NOT processed AND failed_at IS NULL
-                           LIMIT %(cap)s) AS capped) AS pending,
-    (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE NOT processed AND failed_at IS NULL
-                             AND fire_at <= now() LIMIT %(cap)s) AS capped) AS due,
-    (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE failed_at IS NOT NULL AND NOT processed
-                           LIMIT %(cap)s) AS capped) AS dead,
-    (SELECT extract(epoch FROM now() - fire_at)::float8 FROM jobs
-     WHERE NOT processed AND failed_at IS NULL AND fire_at <= now()
-     ORDER BY fire_at, id LIMIT 1) AS oldest_due_age_s,
-    (SELECT estimate::bigint FROM sizes WHERE relname = 'jobs') AS total_estimate,
-    (SELECT estimate::bigint FROM sizes
-     WHERE relname = 'jobs_pending_fire_at_idx') AS pending_estimate,
-    (SELECT estimate::bigint FROM sizes
-     WHERE relname = 'jobs_dead_failed_at_idx') AS dead_estimate,
-    (SELECT count(*) FROM schedules) AS schedules,
-    (SELECT count(*) FROM schedules WHERE enabled) AS schedules_enabled,
-    rate.published AS rate_published, rate.oldest AS rate_oldest,
-    date_trunc('minute', now()) - make_interval(mins => %(rate_minutes)s) AS rate_start,
-    date_trunc('minute', now()) AS rate_end,
-    now() AS measured_at
-FROM (
-    -- The publish rate over the last complete minutes: the newest published rows there,
-    -- backwards through jobs_published_processed_at_idx, at most the cap of them (when
-    -- there are more, the rate is over the time they span).
-    SELECT count(*) AS published, min(processed_at) AS oldest
-    FROM (SELECT processed_at FROM jobs
-          WHERE processed
-            AND processed_at >= date_trunc('minute', now())
-                                - make_interval(mins => %(rate_minutes)s)
-            AND processed_at < date_trunc('minute', now())
-          ORDER BY processed_at DESC
-          LIMIT %(cap)s) AS newest
-) AS rate
-"""
+# The delivery probe's last hour (sql/0015_delivery_probes.sql): no rows when it is off.
+PROBE_STATUS: Final[LiteralString] = "SELECT * FROM latest_probe_status(interval '1 hour')"
 
 # The last hour minute by minute, from the rows themselves: published per minute and
 # their worst lag (processed_at - fire_at), dead per minute, and the due backlog at the
@@ -312,11 +254,13 @@ NO_JIT: Final[LiteralString] = "SET LOCAL jit = off"
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """A row of `jobs` as the API shows it (the list's payload is its first 200 chars)."""
+    """A row of `jobs` as the API shows it (in a list, the start of the payload)."""
 
     id: int
     topic: str
     payload: str
+    payload_bytes: bytes | None  # a binary payload, published instead of `payload`
+    payload_size: int  # bytes, of whichever payload is published
     qos: int
     retain: bool
     fire_at: datetime
@@ -328,7 +272,13 @@ class JobRecord:
     processed_at: datetime | None
     created_at: datetime
     expires_at: datetime | None
+    expired_at: datetime | None
     schedule_name: str | None
+    dedupe_key: str | None
+    content_type: str | None
+    user_properties: Any  # JSON: an object of strings, unless the row is settled (unchecked)
+    response_topic: str | None
+    correlation_data: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,16 +298,6 @@ class JobPage:
 
 
 @dataclass(frozen=True, slots=True)
-class NewJob:
-    topic: str
-    payload: str = ""
-    fire_at: datetime | None = None  # or `delay` seconds from the database's now()
-    delay: float = 0.0
-    qos: int = 1
-    retain: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class DeadFilter:
     ids: list[int] | None = None
     topic: str | None = None
@@ -366,68 +306,15 @@ class DeadFilter:
     limit: int = 10_000
 
 
-# How a count was made: counted; counting stopped at COUNT_CAP; the planner's estimate
-# (from the statistics of the last VACUUM or ANALYZE, scaled to the relation's size now).
-CountKind = Literal["exact", "at_least", "estimate"]
-EXACT: Final = "exact"
-AT_LEAST: Final = "at_least"
-ESTIMATE: Final = "estimate"
-
-
 @dataclass(frozen=True, slots=True)
-class Count:
-    value: int
-    kind: CountKind = EXACT
+class ProbeStatus:
+    """The delivery probe over the last hour (JOBPUB_PROBE_TOPIC; all empty when off)."""
 
-    @property
-    def exact(self) -> bool:
-        return self.kind == EXACT
-
-
-def count_of(counted: int, estimate: int | None, *, cap: int = COUNT_CAP) -> Count:
-    """A count that stopped at `cap`, told apart from a complete one. Past the cap, the
-    planner's estimate when there is one and it is larger; else "at least the cap"."""
-    if counted < cap:
-        return Count(counted)
-    if estimate is not None and estimate > counted:
-        return Count(estimate, ESTIMATE)
-    return Count(counted, AT_LEAST)
-
-
-def publish_rate(
-    published: int,
-    oldest: datetime | None,
-    start: datetime,
-    end: datetime,
-    *,
-    cap: int = COUNT_CAP,
-) -> tuple[float, float]:
-    """(per second, over how many seconds): `published` rows in [start, end), or, when
-    counting stopped at `cap`, the cap over the time from the oldest counted to `end`."""
-    window = (end - start).total_seconds()
-    if published >= cap and oldest is not None:
-        window = max((end - oldest).total_seconds(), 0.001)
-    return (published / window if window > 0 else 0.0), window
-
-
-def published_estimate(total: int | None, pending: Count, dead: Count) -> Count:
-    """Published (and expired) rows: the table's estimated size less the unsettled ones,
-    never below zero; an estimate whatever the others are (0 before the first ANALYZE)."""
-    return Count(max(0, (total or 0) - pending.value - dead.value), ESTIMATE)
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    pending: Count
-    due: Count
-    dead: Count
-    published: Count  # the table's estimated size less pending and dead: an estimate
-    oldest_due_age_s: float | None
-    published_per_s: float
-    rate_window_s: float  # the time the rate is over
-    schedules: int
-    schedules_enabled: int
-    measured_at: datetime
+    last_fire_at: datetime | None
+    last_received_at: datetime | None
+    last_latency_s: float | None
+    received: int
+    missing: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,16 +326,8 @@ class MinuteStats:
     due_backlog: int
 
 
-class JobNotFound(DatabaseError):
-    """No job has that id."""
-
-
-class JobConflict(DatabaseError):
-    """The job is not in a state that allows the change (settled, or being published)."""
-
-    def __init__(self, message: str, state: str) -> None:
-        super().__init__(message)
-        self.state = state
+class PauseNotFound(DatabaseError):
+    """No pause has that filter."""
 
 
 class ScheduleNotFound(DatabaseError):
@@ -459,8 +338,65 @@ class ScheduleConflict(DatabaseError):
     """A schedule of that name exists already."""
 
 
-class Refused(DatabaseError):
-    """The database's checks refused the values (a constraint or trigger): the caller's to fix."""
+# Whether the job jobpub.db.producer.add_job answered was inserted by this transaction
+# (its created_at is the default, now()) or is the kept row holding its dedupe key.
+JOB_ADDED_NOW: Final[LiteralString] = "SELECT created_at = now() FROM jobs WHERE id = %(id)s"
+
+# The pauses (few rows), oldest first, with when each began.
+LIST_PAUSES_DETAILED: Final[LiteralString] = """
+SELECT filter, reason, created_at AS paused_at,
+       extract(epoch FROM now() - created_at)::float8 AS paused_for_s
+FROM pauses
+WHERE %(filter)s::text IS NULL OR filter = %(filter)s::text
+ORDER BY created_at, filter
+"""
+
+# The replicas' rows with their heartbeat's age by the database clock. A row older than
+# JOBPUB_REPLICA_STALE_AFTER is a replica gone without a clean stop: live replicas delete
+# such rows (queries.BEAT_REPLICA), so one stays listed only while no replica runs. Live
+# is that statement's bound too, as `jobpub stats` counts (jobpub.db.stats.FLEET).
+LIST_REPLICAS: Final[LiteralString] = """
+SELECT id::text AS id, host, version, partition, started_at, heartbeat_at,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s,
+       heartbeat_at >= now() - make_interval(secs => %(stale_after)s) AS live
+FROM jobpub_replicas
+ORDER BY host, started_at, id
+"""
+
+# The overview's pause count: a small table (one row per paused filter).
+COUNT_PAUSES: Final[LiteralString] = "SELECT count(*) FROM pauses"
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRecord:
+    filter: str
+    reason: str | None
+    paused_at: datetime
+    paused_for_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRow:
+    id: str
+    host: str
+    version: str
+    partition: str  # "index/count" of the static partition
+    started_at: datetime
+    heartbeat_at: datetime
+    heartbeat_age_s: float
+    live: bool  # heartbeat within JOBPUB_REPLICA_STALE_AFTER
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """What the overview and /api/stats show of the fleet: no count of the jobs table."""
+
+    pauses: int  # filters paused
+    replicas: list[ReplicaRow]
+
+    @property
+    def live_replicas(self) -> int:
+        return sum(replica.live for replica in self.replicas)
 
 
 # One schedule, or all, with the next pending row (jobs_schedule_occurrence_idx).
@@ -544,35 +480,15 @@ class ScheduleDetail:
     next_fire_at: datetime | None
 
 
-_REFUSED = (
-    pg_errors.CheckViolation,
-    pg_errors.NotNullViolation,
-    pg_errors.InvalidTextRepresentation,
-    pg_errors.InvalidDatetimeFormat,
-    pg_errors.DatetimeFieldOverflow,
-    pg_errors.IntervalFieldOverflow,
-    pg_errors.NumericValueOutOfRange,
-    pg_errors.StringDataRightTruncation,
-    pg_errors.CharacterNotInRepertoire,
-    pg_errors.UntranslatableCharacter,
-)
-
-
 @contextlib.contextmanager
 def _refusals(action: str) -> Iterator[None]:
     """A constraint the values broke is the caller's to fix (Refused, its first line)."""
     try:
         yield
     except pg_errors.UniqueViolation as exc:
-        raise ScheduleConflict(f"{action}: {_first_line(exc)}") from exc
-    except _REFUSED as exc:
-        raise Refused(_first_line(exc)) from exc
-
-
-def _first_line(exc: psycopg.Error) -> str:
-    diag = exc.diag
-    message = (diag.message_primary or str(exc)).strip().splitlines()[0]
-    return f"{message} ({diag.message_hint})" if diag.message_hint else message
+        raise ScheduleConflict(f"{action}: {first_line(exc)}") from exc
+    except REFUSED as exc:
+        raise Refused(first_line(exc)) from exc
 
 
 class WebStore:
@@ -635,46 +551,23 @@ class WebStore:
             raise JobNotFound(f"no job has id {job_id}")
         return job
 
-    async def add_job(self, job: NewJob) -> JobRecord:
-        params = {
-            "topic": job.topic,
-            "payload": job.payload,
-            "fire_at": job.fire_at,
-            "delay": job.delay,
-            "qos": job.qos,
-            "retain": job.retain,
-        }
+    async def add_job(self, job: NewJob) -> tuple[JobRecord, bool]:
+        """The job added, or the kept job holding its dedupe key; True if it was added."""
         async with self._connection("adding a job") as connection:
-            row = await (await connection.execute(ADD_JOB, params)).fetchone()
-        assert row is not None  # noqa: S101 - INSERT … RETURNING returns the row
-        return await self.get_job(int(row[0]))
+            job_id = await producer.add_job(connection, job)
+            row = await (await connection.execute(JOB_ADDED_NOW, {"id": job_id})).fetchone()
+        return await self.get_job(job_id), bool(row and row[0])
 
     async def reschedule_job(
         self, job_id: int, fire_at: datetime | None, delay: float
     ) -> JobRecord:
-        params = {"id": job_id, "fire_at": fire_at, "delay": delay}
         async with self._connection(f"rescheduling job {job_id}") as connection:
-            row = await (await connection.execute(RESCHEDULE_JOB, params)).fetchone()
-            if row is None:
-                await self._raise_conflict(connection, job_id, "rescheduled")
+            await producer.reschedule_job(connection, job_id, fire_at, delay)
         return await self.get_job(job_id)
 
     async def cancel_job(self, job_id: int) -> None:
         async with self._connection(f"cancelling job {job_id}") as connection:
-            row = await (await connection.execute(CANCEL_JOB, {"id": job_id})).fetchone()
-            if row is None:
-                await self._raise_conflict(connection, job_id, "cancelled")
-
-    async def _raise_conflict(self, connection: Connection, job_id: int, verb: str) -> None:
-        row = await (await connection.execute(JOB_CONFLICT, {"id": job_id})).fetchone()
-        if row is None:
-            raise JobNotFound(f"no job has id {job_id}")
-        state = str(row[0])
-        if state == "pending":
-            raise JobConflict(
-                f"job {job_id} is being published right now and cannot be {verb}", state
-            )
-        raise JobConflict(f"job {job_id} is {state}, no longer pending: not {verb}", state)
+            await producer.cancel_job(connection, job_id)
 
     async def requeue_dead(self, wanted: DeadFilter) -> list[int]:
         params = {
@@ -699,32 +592,29 @@ class WebStore:
             )
         return await self.get_job(job_id)
 
-    async def stats(self, rate_minutes: int = 5) -> Stats:
-        async with (
-            self._connection("reading stats") as connection,
-            connection.cursor(row_factory=dict_row) as cursor,
-        ):
-            await cursor.execute(STATS, {"cap": COUNT_CAP, "rate_minutes": rate_minutes})
-            row = await cursor.fetchone()
-        assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
+    async def stats(self) -> Stats:
+        async with self._connection("reading stats") as connection:
+            return await read_stats(connection)
 
-        pending = count_of(int(row["pending"]), row["pending_estimate"])
-        dead = count_of(int(row["dead"]), row["dead_estimate"])
-        per_s, window_s = publish_rate(
-            int(row["rate_published"]), row["rate_oldest"], row["rate_start"], row["rate_end"]
-        )
-        return Stats(
-            pending=pending,
-            due=count_of(int(row["due"]), None),  # due rows have no index of their own
-            dead=dead,
-            published=published_estimate(row["total_estimate"], pending, dead),
-            oldest_due_age_s=row["oldest_due_age_s"],
-            published_per_s=per_s,
-            rate_window_s=window_s,
-            schedules=int(row["schedules"]),
-            schedules_enabled=int(row["schedules_enabled"]),
-            measured_at=row["measured_at"],
-        )
+    async def probe_status(self) -> ProbeStatus:
+        async with (
+            self._connection("reading the delivery probe") as connection,
+            connection.cursor(row_factory=class_row(ProbeStatus)) as cursor,
+        ):
+            await cursor.execute(PROBE_STATUS)
+            status = await cursor.fetchone()
+        assert status is not None  # noqa: S101 - the function returns one row
+        return status
+
+    async def fleet(self, replica_stale_after: float) -> Fleet:
+        """How many filters are paused and every replica's row, from one transaction."""
+        async with self._connection("reading the fleet") as connection:
+            row = await (await connection.execute(COUNT_PAUSES)).fetchone()
+            assert row is not None  # noqa: S101 - a count returns one row
+            async with connection.cursor(row_factory=class_row(ReplicaRow)) as cursor:
+                await cursor.execute(LIST_REPLICAS, {"stale_after": replica_stale_after})
+                replicas = await cursor.fetchall()
+        return Fleet(pauses=int(row[0]), replicas=replicas)
 
     async def history(self, minutes: int = 60) -> list[MinuteStats]:
         async with (
@@ -770,3 +660,37 @@ class WebStore:
             cursor = await connection.execute(DELETE_SCHEDULE, {"name": name})
             if cursor.rowcount == 0:
                 raise ScheduleNotFound(f"no schedule is named {name!r}")
+
+    async def list_pauses(self, topic_filter: str | None = None) -> list[PauseRecord]:
+        async with (
+            self._connection("listing pauses") as connection,
+            connection.cursor(row_factory=class_row(PauseRecord)) as cursor,
+        ):
+            await cursor.execute(LIST_PAUSES_DETAILED, {"filter": topic_filter})
+            return await cursor.fetchall()
+
+    async def get_pause(self, topic_filter: str) -> PauseRecord:
+        found = await self.list_pauses(topic_filter)
+        if not found:
+            raise PauseNotFound(f"{topic_filter!r} is not paused")
+        return found[0]
+
+    async def pause(self, topic_filter: str, reason: str | None) -> tuple[PauseRecord, bool]:
+        """Pause a filter (InvalidFilter if it is not one); True if it was not paused yet."""
+        async with self._connection(f"pausing {topic_filter!r}") as connection:
+            created = await pauses.pause_on(connection, topic_filter, reason)
+        return await self.get_pause(topic_filter), created
+
+    async def resume(self, topic_filter: str) -> None:
+        """Resume a filter; PauseNotFound if it was not paused."""
+        async with self._connection(f"resuming {topic_filter!r}") as connection:
+            if not await pauses.resume_on(connection, topic_filter):
+                raise PauseNotFound(f"{topic_filter!r} is not paused")
+
+    async def list_replicas(self, replica_stale_after: float) -> list[ReplicaRow]:
+        async with (
+            self._connection("listing replicas") as connection,
+            connection.cursor(row_factory=class_row(ReplicaRow)) as cursor,
+        ):
+            await cursor.execute(LIST_REPLICAS, {"stale_after": replica_stale_after})
+            return await cursor.fetchall()

@@ -1,7 +1,8 @@
-"""A publish-only MQTT 3.1.1 / 5 client: bytes, one connection, and its errors.
+"""An MQTT 3.1.1 / 5 client: bytes, one connection, and its errors.
 
 It knows nothing of jobs: it takes messages and gives back, for each, the broker's
-answer or why there was none. What an answer means is the caller's business.
+answer or why there was none. What an answer means is the caller's business. A
+connection may also subscribe and hand what it receives to a callback.
 """
 
 from jobpub.mqtt.codec import (
@@ -12,6 +13,7 @@ from jobpub.mqtt.codec import (
     RECEIVE_MAXIMUM_PACKET_SIZE,
     UTF8_PAYLOAD,
     ConnAck,
+    InboundMessage,
     Message,
     PublishProperties,
     decode_properties,
@@ -20,7 +22,7 @@ from jobpub.mqtt.codec import (
     encode_varint,
     topic_problem,
 )
-from jobpub.mqtt.connection import ACCEPTED, Answer, MqttConnection, Result
+from jobpub.mqtt.connection import ACCEPTED, Answer, MqttConnection, OnMessage, Result
 from jobpub.mqtt.errors import (
     AckTimeout,
     ConnectionLost,
@@ -29,6 +31,7 @@ from jobpub.mqtt.errors import (
     NoConnAck,
     ProtocolError,
     ProtocolVersionRefused,
+    SubscribeRefused,
     Unsendable,
 )
 
@@ -45,14 +48,17 @@ __all__ = [
     "ConnAck",
     "ConnectRefused",
     "ConnectionLost",
+    "InboundMessage",
     "Message",
     "MqttConnection",
     "MqttError",
     "NoConnAck",
+    "OnMessage",
     "ProtocolError",
     "ProtocolVersionRefused",
     "PublishProperties",
     "Result",
+    "SubscribeRefused",
     "Unsendable",
     "decode_properties",
     "encode_connect",

@@ -1,4 +1,5 @@
-"""MQTT 3.1.1 / 5 packets as bytes: the few this publish-only client writes and reads."""
+"""MQTT 3.1.1 / 5 packets as bytes: the few this client writes and reads (publishing,
+and one subscription's SUBSCRIBE, SUBACK and incoming PUBLISH)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ PROTOCOL_V311: Final = 4
 PROTOCOL_V5: Final = 5
 MAX_PACKET_SIZE: Final = 268_435_460  # 1 + 4 + 268,435,455: the largest MQTT packet
 # The largest packet this client takes from a broker, announced in an MQTT 5 CONNECT:
-# it reads only acks, CONNACK and DISCONNECT, so this bounds the receive buffer with
-# room to spare for reason strings and a stray PUBLISH.
+# it reads acks, CONNACK, DISCONNECT and, when it subscribes, small messages (a delivery
+# probe's), so this bounds the receive buffer with room to spare.
 RECEIVE_MAXIMUM_PACKET_SIZE: Final = 1 << 20
 _CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
@@ -27,11 +28,13 @@ PUBACK: Final = 4
 PUBREC: Final = 5
 PUBREL: Final = 6
 PUBCOMP: Final = 7
+SUBACK: Final = 9
 PINGRESP: Final = 13
 DISCONNECT_TYPE: Final = 14
 PACKET_NAMES: Final = {
     CONNACK: "CONNACK", PUBLISH: "PUBLISH", PUBACK: "PUBACK", PUBREC: "PUBREC",
-    PUBREL: "PUBREL", PUBCOMP: "PUBCOMP", PINGRESP: "PINGRESP", DISCONNECT_TYPE: "DISCONNECT",
+    PUBREL: "PUBREL", PUBCOMP: "PUBCOMP", SUBACK: "SUBACK", PINGRESP: "PINGRESP",
+    DISCONNECT_TYPE: "DISCONNECT",
 }  # fmt: skip
 
 # Names of the MQTT 5 reason codes a broker may put on PUBACK/PUBREC.
@@ -111,6 +114,17 @@ class Message(NamedTuple):
     retain: bool = False
     user_properties: Sequence[tuple[str, str]] = ()
     properties: PublishProperties | None = None
+
+
+class InboundMessage(NamedTuple):
+    """A message the broker delivered on a subscription: topic, payload and flags.
+    MQTT 5 properties are read past, not kept: nothing here needs them yet."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    duplicate: bool
 
 
 class ConnAck(NamedTuple):
@@ -401,6 +415,58 @@ def decode_publish_id(header: int, body: memoryview) -> int | None:
     if not packet_id:
         raise ProtocolError("PUBLISH with packet id 0")
     return packet_id
+
+
+def decode_publish(
+    header: int, body: memoryview, version: int
+) -> tuple[InboundMessage, int | None]:
+    """A broker's PUBLISH on a subscription: the message, and its packet id if it needs
+    an ack (QoS 1/2) or None (QoS 0). ProtocolError if it is malformed."""
+    packet_id = decode_publish_id(header, body)
+    topic_end = 2 + int.from_bytes(body[0:2])
+    offset = topic_end + (2 if packet_id is not None else 0)
+    if version == PROTOCOL_V5:
+        _, consumed = decode_properties(body[offset:])
+        offset += consumed
+    message = InboundMessage(
+        topic=bytes(body[2:topic_end]).decode(errors="replace"),
+        payload=bytes(body[offset:]),
+        qos=header >> 1 & 0x03,
+        retain=bool(header & 0x01),
+        duplicate=bool(header & 0x08),
+    )
+    return message, packet_id
+
+
+def encode_subscribe(packet_id: int, topic_filter: str, qos: int, version: int) -> bytes:
+    """SUBSCRIBE to one topic filter at up to `qos`. MQTT 5: no properties, and the
+    options byte holds only the QoS (local messages delivered, retained ones sent)."""
+    if not 1 <= packet_id <= 65535:
+        raise ValueError(f"packet id {packet_id} is not 1-65535")
+    if qos not in (0, 1, 2):
+        raise ValueError(f"qos {qos} is not 0, 1 or 2")
+    encoded = topic_filter.encode()
+    if not encoded or len(encoded) > 65535:
+        raise ValueError("a topic filter is 1 to 65,535 bytes")
+    body = packet_id.to_bytes(2) + (b"\x00" if version == PROTOCOL_V5 else b"")
+    body += _string(encoded) + bytes((qos,))
+    return b"\x82" + encode_varint(len(body)) + body
+
+
+def decode_suback(body: memoryview, version: int) -> tuple[int, list[int]]:
+    """SUBACK: its packet id and one code per filter asked for: the QoS granted (0-2), or
+    a refusal (0x80 and up). ProtocolError if it is malformed."""
+    if len(body) < 3:
+        raise ProtocolError("SUBACK shorter than a packet id and one code")
+    packet_id = int.from_bytes(body[0:2])
+    offset = 2
+    if version == PROTOCOL_V5:
+        _, consumed = decode_properties(body[2:])
+        offset += consumed
+    codes = list(body[offset:])
+    if not codes:
+        raise ProtocolError("SUBACK without a reason code")
+    return packet_id, codes
 
 
 def reason_string(properties_block: memoryview) -> str:

@@ -1,4 +1,5 @@
-"""A publish-only MQTT 3.1.1 / 5 connection on asyncio, owning its whole lifecycle.
+"""An MQTT 3.1.1 / 5 connection on asyncio, owning its whole lifecycle: it publishes,
+and may hold a subscription whose messages it hands to a callback.
 
 Why our own and not aiomqtt: aiomqtt 2.5 discards the PUBACK reason code, so a
 broker's refusal (MQTT 5 "not authorized", "quota exceeded") looks like success.
@@ -36,16 +37,21 @@ from jobpub.mqtt.codec import (
     PUBREC,
     PUBREL,
     RECEIVE_MAXIMUM_PACKET_SIZE,
+    SUBACK,
     ConnAck,
+    InboundMessage,
     Message,
     decode_connack,
     decode_disconnect,
+    decode_publish,
     decode_publish_id,
+    decode_suback,
     encode_ack,
     encode_connect,
     encode_publish,
     encode_pubrel,
     encode_pubrel_not_found,
+    encode_subscribe,
     read_varint,
     reason_string,
     topic_problem,
@@ -57,9 +63,22 @@ from jobpub.mqtt.errors import (
     MqttError,
     NoConnAck,
     ProtocolError,
+    SubscribeRefused,
     Unsendable,
 )
 
+# SUBACK refusals: MQTT 3.1.1 has only 0x80; MQTT 5 names the reason.
+SUBACK_NAMES: Final = {
+    0x80: "unspecified error",
+    0x83: "implementation specific error",
+    0x87: "not authorized",
+    0x8F: "topic filter invalid",
+    0x91: "packet identifier in use",
+    0x97: "quota exceeded",
+    0x9E: "shared subscriptions not supported",
+    0xA1: "subscription identifiers not supported",
+    0xA2: "wildcard subscriptions not supported",
+}
 _TCP_QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
@@ -77,6 +96,8 @@ class Answer(NamedTuple):
 
 ACCEPTED: Final = Answer()  # the common answer, shared: acks without a reason allocate nothing
 Result = Answer | MqttError  # what `publish` gives for each message
+# Called with each message the broker delivers on a subscription, before it is acked.
+OnMessage = Callable[[InboundMessage], None]
 
 
 class _Batch:
@@ -118,8 +139,17 @@ class _InFlight:
 class _Wire(asyncio.Protocol):
     """The socket side: writes PUBLISH windows, reads acks, answers each message."""
 
-    def __init__(self, version: int, inflight_limit: int, ack_timeout: float) -> None:
+    def __init__(
+        self,
+        version: int,
+        inflight_limit: int,
+        ack_timeout: float,
+        on_message: OnMessage | None = None,
+    ) -> None:
         self.version = version
+        self._on_message = on_message
+        # SUBSCRIBEs awaiting their SUBACK, by packet id (ids shared with publishing).
+        self._subscribing: dict[int, asyncio.Future[list[int]]] = {}
         self._inflight_limit = inflight_limit
         self._ack_timeout = ack_timeout
         self._loop = asyncio.get_running_loop()
@@ -206,6 +236,10 @@ class _Wire(asyncio.Protocol):
         )
         self._failure = failure
         self._answer_all_after_loss(failure)
+        for waiter in self._subscribing.values():
+            if not waiter.done():
+                waiter.set_exception(failure)
+        self._subscribing.clear()
         if not self.connack.done():
             self.connack.set_exception(failure)
         if not self.closed.done():
@@ -239,6 +273,17 @@ class _Wire(asyncio.Protocol):
                 waiting.append((batch, index, *encoded))
         self._fill_window()
         return batch.future
+
+    def subscribe(self, topic_filter: str, qos: int) -> asyncio.Future[list[int]]:
+        """Send SUBSCRIBE; the future gives SUBACK's codes, or the connection's failure."""
+        waiter: asyncio.Future[list[int]] = self._loop.create_future()
+        if not self.is_open:
+            waiter.set_exception(self._failure or ConnectionLost("not connected"))
+            return waiter
+        packet_id = self._allocate_packet_id()
+        self._subscribing[packet_id] = waiter
+        self.send(encode_subscribe(packet_id, topic_filter, qos, self.version))
+        return waiter
 
     def send(self, packet: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -281,7 +326,7 @@ class _Wire(asyncio.Protocol):
 
     def _allocate_packet_id(self) -> int:
         packet_id = self._next_packet_id
-        while packet_id in self._inflight:
+        while packet_id in self._inflight or packet_id in self._subscribing:
             packet_id = packet_id % 65535 + 1
         self._next_packet_id = packet_id % 65535 + 1
         return packet_id
@@ -339,17 +384,33 @@ class _Wire(asyncio.Protocol):
             self._handle_connack(body)
         elif kind == DISCONNECT_TYPE and self.version == PROTOCOL_V5:
             self._handle_disconnect(body)
-        elif kind == PUBLISH:
-            # A message for us (a broker's auto-subscription, say): acknowledged, dropped.
-            packet_id = decode_publish_id(header, body)
+        elif kind in (PUBLISH, PUBREL, SUBACK):
+            self._handle_subscription(header, body)
+        else:
+            raise ProtocolError(f"unexpected packet type {kind}")
+
+    def _handle_subscription(self, header: int, body: memoryview) -> None:
+        """What a subscription brings: messages for us, their QoS 2 release, SUBACK."""
+        kind = header >> 4
+        if kind == PUBLISH:
+            # A message for us: handed to the callback (if there is none, as for a broker's
+            # auto-subscription, dropped), then acknowledged. The callback only queues it.
+            if self._on_message is not None:
+                message, packet_id = decode_publish(header, body, self.version)
+                self._on_message(message)
+            else:  # a publishing connection reads no further than it must
+                packet_id = decode_publish_id(header, body)
             if packet_id is not None:
                 self.send(encode_ack(PUBACK if header & 0x06 == 0x02 else PUBREC, packet_id))
+        elif kind == SUBACK:
+            packet_id, codes = decode_suback(body, self.version)
+            waiter = self._subscribing.pop(packet_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(codes)
         elif kind == PUBREL:  # the second step of a QoS 2 message for us
             if len(body) < 2:
                 raise ProtocolError("PUBREL shorter than a packet id")
             self.send(encode_ack(PUBCOMP, int.from_bytes(body[0:2])))
-        else:
-            raise ProtocolError(f"unexpected packet type {kind}")
 
     def _answer(self, kind: int, body: memoryview) -> None:
         """PUBACK, PUBREC or PUBCOMP: the broker's answer to one of our messages."""
@@ -475,6 +536,7 @@ class MqttConnection:
         inflight: int = 1000,
         connect_timeout: float = 10.0,
         close_timeout: float = 2.0,
+        on_message: OnMessage | None = None,
     ) -> None:
         if protocol == PROTOCOL_V311 and password is not None and username is None:
             # [MQTT-3.1.2-22]: a broker would drop every such CONNECT, forever.
@@ -484,6 +546,7 @@ class MqttConnection:
         self._username, self._password = username, password
         self._keepalive, self._ack_timeout, self._inflight = keepalive, ack_timeout, inflight
         self._connect_timeout, self._close_timeout = connect_timeout, close_timeout
+        self._on_message = on_message
         self._wire: _Wire | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
 
@@ -493,7 +556,9 @@ class MqttConnection:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, wire = await loop.create_connection(
-                    lambda: _Wire(self._protocol, self._inflight, self._ack_timeout),
+                    lambda: _Wire(
+                        self._protocol, self._inflight, self._ack_timeout, self._on_message
+                    ),
                     self._host,
                     self._port,
                     ssl=self._tls,
@@ -576,6 +641,23 @@ class MqttConnection:
         one's result, in order: the broker's Answer (QoS 0: ACCEPTED once written),
         Unsendable, or ConnectionLost if the connection ended first. It never raises."""
         return self._open_wire.publish(messages)
+
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> int:
+        """Subscribe to `topic_filter`; the QoS the broker granted. Its messages go to
+        `on_message`. SubscribeRefused if the broker refused it or did not answer within
+        the ack timeout (the connection is then dropped); ConnectionLost if it ended."""
+        wire = self._open_wire
+        try:
+            async with asyncio.timeout(self._ack_timeout):
+                codes = await wire.subscribe(topic_filter, qos)
+        except TimeoutError:
+            wire.fail(AckTimeout(f"no SUBACK within {self._ack_timeout:g}s"))
+            raise SubscribeRefused(None, f"no SUBACK within {self._ack_timeout:g}s") from None
+        code = codes[0]
+        if code >= 0x80:
+            name = SUBACK_NAMES.get(code, f"code 0x{code:02x}")
+            raise SubscribeRefused(code, f"broker refused the subscription: {name}")
+        return code
 
     async def _keep_alive(self, wire: _Wire) -> None:
         """Ping every half keepalive; drop a connection whose broker stopped answering."""

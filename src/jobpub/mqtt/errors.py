@@ -87,3 +87,12 @@ class Unsendable(MqttError):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+class SubscribeRefused(MqttError):
+    """The broker refused a subscription (SUBACK code 0x80 or above: not authorized,
+    topic filter invalid, ...), or did not answer it in time (`code` None)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code

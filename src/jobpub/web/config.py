@@ -14,6 +14,8 @@ class WebConfig:
     token: str | None = None  # None: no authentication, and then 127.0.0.1 only
     readonly_token: str | None = None
     topic_prefixes: tuple[str, ...] = ()  # JOBPUB_TOPIC_PREFIXES: a new job must match one
+    # JOBPUB_REPLICA_STALE_AFTER: a replica whose heartbeat is older is not counted live.
+    replica_stale_after: float = 15.0
 
     @property
     def open_access(self) -> bool:

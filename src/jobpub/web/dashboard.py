@@ -15,15 +15,19 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from jobpub.db.web import DeadFilter, JobConflict, JobFilter, JobNotFound, WebStore
+from jobpub.db.pauses import InvalidFilter
+from jobpub.db.producer import JobConflict, JobNotFound
+from jobpub.db.web import STATES, DeadFilter, JobFilter, PauseNotFound, WebStore
 from jobpub.scheduling.durations import parse_duration
 from jobpub.web.api.jobs import decode_cursor, encode_cursor
+from jobpub.web.api.replicas import replica_out
 from jobpub.web.api.schedules import next_occurrences
-from jobpub.web.api.stats import RATE_MINUTES
 from jobpub.web.auth import SESSION_COOKIE, SESSION_MAX_AGE_S, Session
 from jobpub.web.charts import sparkline
-from jobpub.web.deps import authenticator, store
+from jobpub.web.config import WebConfig
+from jobpub.web.deps import authenticator, config, store
 from jobpub.web.problems import Problem
+from jobpub.web.validation import check_filter
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -144,15 +148,19 @@ async def logout(
     return response
 
 
-async def _overview(store: WebStore) -> dict[str, Any]:
-    stats, history = await store.stats(), await store.history(60)
-    complete = history[-RATE_MINUTES - 1 : -1]
-    rate = sum(m.published for m in complete) / (60 * len(complete)) if complete else 0.0
+async def _overview(store: WebStore, config: WebConfig) -> dict[str, Any]:
+    # One read of the replicas: the live count and the table below agree.
+    stats, fleet = await store.stats(), await store.fleet(config.replica_stale_after)
+    history = await store.history(60)
     last_lag = next((m.max_lag_s for m in reversed(history) if m.max_lag_s is not None), None)
     return {
         "stats": stats,
-        "rate": rate,
+        "fleet": fleet,
+        "replicas": [replica_out(r) for r in fleet.replicas],
+        "stale_after": config.replica_stale_after,
+        "rate": stats.published_per_s,  # as /api/stats gives it
         "last_lag": last_lag,
+        "probe": await store.probe_status(),
         "charts": {
             "rate": sparkline([m.published / 60 for m in history], "published per second"),
             "backlog": sparkline([m.due_backlog for m in history], "due backlog"),
@@ -164,13 +172,14 @@ async def _overview(store: WebStore) -> dict[str, Any]:
 
 @router.get("/", response_class=HTMLResponse)
 async def overview(request: Request, *, session: PageSession, store: Store) -> Response:
-    return _render(request, session, "overview.html", **await _overview(store))
+    return _render(request, session, "overview.html", **await _overview(store, config(request)))
 
 
 @router.get("/partials/overview", response_class=HTMLResponse)
 async def overview_cards(request: Request, *, session: PageSession, store: Store) -> Response:
     """The overview's numbers and charts alone, fetched every few seconds by live.js."""
-    return _render(request, session, "overview_cards.html", **await _overview(store))
+    overview = await _overview(store, config(request))
+    return _render(request, session, "overview_cards.html", **overview)
 
 
 @router.get("/jobs", response_class=HTMLResponse)
@@ -183,7 +192,7 @@ async def jobs_page(
     topic: str = "",
     cursor: str = "",
 ) -> Response:
-    wanted_state = state if state in ("pending", "published", "dead") else None
+    wanted_state = state if state in STATES else None
     page = await store.list_jobs(
         JobFilter(
             state=wanted_state,
@@ -310,3 +319,37 @@ async def requeue_dead(
 async def schedules_page(request: Request, *, session: PageSession, store: Store) -> Response:
     schedules = [(s, next_occurrences(s)) for s in await store.list_schedules()]
     return _render(request, session, "schedules.html", schedules=schedules)
+
+
+@router.get("/pauses", response_class=HTMLResponse)
+async def pauses_page(request: Request, *, session: PageSession, store: Store) -> Response:
+    return _render(request, session, "pauses.html", pauses=await store.list_pauses())
+
+
+@router.post("/pauses")
+async def pause(
+    request: Request, *, session: PageSession, store: Store,
+    csrf: Annotated[str, Form()] = "", filter: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+) -> Response:  # fmt: skip
+    _checked_action(request, session, csrf)
+    topic_filter = filter.strip()
+    try:
+        check_filter(topic_filter)
+        _, created = await store.pause(topic_filter, reason.strip() or None)
+    except (ValueError, InvalidFilter) as exc:
+        return _back("/pauses", str(exc))
+    return _back("/pauses", f"{topic_filter} paused" if created else f"{topic_filter} was paused")
+
+
+@router.post("/pauses/resume")
+async def resume(
+    request: Request, *, session: PageSession, store: Store,
+    csrf: Annotated[str, Form()] = "", filter: Annotated[str, Form()] = "",
+) -> Response:  # fmt: skip
+    _checked_action(request, session, csrf)
+    try:
+        await store.resume(filter)
+    except PauseNotFound as exc:
+        return _back("/pauses", str(exc))
+    return _back("/pauses", f"{filter} resumed")

@@ -11,13 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobpub.db.web import (
-    JobConflict,
-    JobNotFound,
-    Refused,
-    ScheduleConflict,
-    ScheduleNotFound,
-)
+from jobpub.db.pauses import InvalidFilter
+from jobpub.db.producer import JobConflict, JobNotFound, Refused
+from jobpub.db.web import PauseNotFound, ScheduleConflict, ScheduleNotFound
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 
 PROBLEM_JSON = "application/problem+json"
@@ -101,6 +97,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(JobNotFound)
     @app.exception_handler(ScheduleNotFound)
+    @app.exception_handler(PauseNotFound)
     async def _not_found(_: Request, exc: DatabaseError) -> JSONResponse:
         return problem_response(404, str(exc), "not-found")
 
@@ -111,6 +108,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ScheduleConflict)
     async def _schedule_conflict(_: Request, exc: ScheduleConflict) -> JSONResponse:
         return problem_response(409, str(exc), "schedule-exists")
+
+    @app.exception_handler(InvalidFilter)
+    async def _invalid_filter(_: Request, exc: InvalidFilter) -> JSONResponse:
+        errors = [{"field": "filter", "message": str(exc)}]
+        return problem_response(400, f"filter: {exc}", "invalid-request", errors=errors)
 
     @app.exception_handler(Refused)
     async def _refused(_: Request, exc: Refused) -> JSONResponse:

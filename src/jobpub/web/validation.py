@@ -26,6 +26,15 @@ def check_topic(topic: str) -> str:
     return topic
 
 
+def check_filter(topic_filter: str) -> str:
+    """What the pauses table cannot say clearly; it checks the levels (jobpub.db.pauses)."""
+    if not topic_filter:
+        raise ValueError("a filter may not be empty; '#' matches every topic")
+    if _CONTROL.search(topic_filter):
+        raise ValueError("a filter may not contain control characters")
+    return topic_filter
+
+
 def outside_prefixes(topic: str, prefixes: tuple[str, ...]) -> str | None:
     """Why a topic is refused by JOBPUB_TOPIC_PREFIXES, or None."""
     if not prefixes or topic.startswith(prefixes):

@@ -4,27 +4,55 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    Base64Bytes,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
 
-from jobpub.db.web import DeadFilter, JobFilter, JobRecord, NewJob
+from jobpub.db.producer import NewJob
+from jobpub.db.web import DeadFilter, JobFilter, JobRecord
 from jobpub.web.deps import Config, Store
 from jobpub.web.problems import Problem
 from jobpub.web.validation import Topic, outside_prefixes
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-State = Literal["pending", "published", "dead"]
+State = Literal["pending", "published", "dead", "expired"]
 MAX_DELAY_S = 10 * 365 * 86400
+
+
+def _base64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode() if data is not None else None
+
+
+class PropertiesOut(BaseModel):
+    """MQTT 5 properties published with the job (dropped on a 3.1.1 connection)."""
+
+    content_type: str | None
+    user_properties: JsonValue = Field(
+        description="an object of strings (a settled row is not checked: it may hold other JSON)"
+    )
+    response_topic: str | None
+    correlation_data: str | None = Field(description="base64")
 
 
 class JobOut(BaseModel):
     id: int
     topic: str
-    payload: str = Field(description="in lists, the first 200 characters")
+    payload: str = Field(description="a text payload; in lists, the first 200 characters")
+    payload_base64: str | None = Field(
+        description="a binary payload (payload_bytes), base64; in lists, its first 150 bytes"
+    )
+    payload_size: int = Field(description="bytes of the payload that is published")
     qos: int
     retain: bool
     fire_at: datetime
@@ -36,11 +64,22 @@ class JobOut(BaseModel):
     processed_at: datetime | None
     created_at: datetime
     expires_at: datetime | None
+    expired_at: datetime | None
     schedule_name: str | None
+    dedupe_key: str | None
+    properties: PropertiesOut
 
     @classmethod
     def of(cls, job: JobRecord) -> JobOut:
-        return cls.model_validate(job, from_attributes=True)
+        fields = {name: getattr(job, name) for name in JobRecord.__slots__}
+        fields["payload_base64"] = _base64(job.payload_bytes)
+        fields["properties"] = PropertiesOut(
+            content_type=job.content_type,
+            user_properties=job.user_properties,
+            response_topic=job.response_topic,
+            correlation_data=_base64(job.correlation_data),
+        )
+        return cls.model_validate(fields)
 
 
 class JobPageOut(BaseModel):
@@ -62,11 +101,46 @@ class When(BaseModel):
         return self
 
 
+class PropertiesIn(BaseModel):
+    """MQTT 5 properties to publish with the job."""
+
+    model_config = ConfigDict(extra="forbid")
+    content_type: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    user_properties: dict[str, str] | None = Field(
+        default=None, description='string pairs: {"site": "north"}'
+    )
+    response_topic: Topic | None = None
+    correlation_data: Base64Bytes | None = Field(default=None, description="base64")
+
+
 class NewJobIn(When):
     topic: Topic
-    payload: str = ""
+    payload: str | None = Field(default=None, description="a text payload (UTF-8)")
+    payload_base64: Base64Bytes | None = Field(
+        default=None, description="a binary payload instead of `payload`, base64"
+    )
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="not published after this time: the job ends expired"
+    )
+    dedupe_key: Annotated[str, Field(min_length=1, max_length=1000)] | None = Field(
+        default=None, description="taken by a kept job: that job is answered (200), not added"
+    )
+    properties: PropertiesIn | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NewJobIn:
+        if self.payload is not None and self.payload_base64 is not None:
+            raise ValueError("give payload (text) or payload_base64 (binary), not both")
+        if self.expires_at is not None:
+            due = self.fire_at or datetime.now(UTC) + timedelta(seconds=self.delay or 0.0)
+            if self.expires_at <= due:
+                raise ValueError(
+                    "expires_at must be later than fire_at (or now + delay): the job would "
+                    "expire before it is due and never be published"
+                )
+        return self
 
 
 class RescheduleIn(When):
@@ -137,22 +211,38 @@ async def list_jobs(
     )
 
 
-@router.post("", status_code=201, response_model=JobOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    responses={200: {"model": JobOut, "description": "the kept job holding the dedupe_key"}},
+)
 async def add_job(job: NewJobIn, store: Store, config: Config, response: Response) -> JobOut:
-    """Add a job; 201 with the job as stored."""
+    """Add a job; 201 with the job as stored. With a `dedupe_key` that a kept job holds
+    already, nothing is added: 200 with that job."""
     refusal = outside_prefixes(job.topic, config.topic_prefixes)
     if refusal:
         raise Problem(400, refusal, "topic-not-allowed")
-    added = await store.add_job(
+    properties = job.properties or PropertiesIn()
+    payload = job.payload_base64 if job.payload_base64 is not None else job.payload or ""
+    added, created = await store.add_job(
         NewJob(
             topic=job.topic,
-            payload=job.payload,
+            payload=payload,
             fire_at=job.fire_at,
             delay=job.delay or 0.0,
             qos=job.qos,
             retain=job.retain,
+            expires_at=job.expires_at,
+            dedupe_key=job.dedupe_key,
+            content_type=properties.content_type,
+            user_properties=properties.user_properties,
+            response_topic=properties.response_topic,
+            correlation_data=properties.correlation_data,
         )
     )
+    # A dedupe key a kept job holds: that job, not a second one (as jobpub.client does).
+    response.status_code = 201 if created else 200
     response.headers["Location"] = f"/api/jobs/{added.id}"
     return JobOut.of(added)
 
