@@ -20,7 +20,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, chaos, clients, rate, scale, scenarios, schedules, soak, soak_report
+from bench import (
+    capacity,
+    chaos,
+    clients,
+    index_cost,
+    rate,
+    scale,
+    scenarios,
+    schedules,
+    soak,
+    soak_report,
+    web_speed,
+)
 from bench.harness import Bench, ScenarioResult, bench_environment
 from bench.report import render_chaos_chart, render_chart, render_table
 from bench.soak_verdicts import batch_size_for, scaled
@@ -58,6 +70,10 @@ SINGLE: dict[str, Callable[[Bench, argparse.Namespace], list[ScenarioResult]]] =
     ),
     "chaos": _chaos,
     "rate": lambda bench, args: rate.measure(bench, repeat=args.repeat),
+    "index-cost": lambda bench, args: index_cost.measure(bench),
+    "web-speed": lambda bench, args: web_speed.measure(
+        bench, args.rows, args.requests, reuse=args.reuse
+    ),
 }
 
 
@@ -101,16 +117,19 @@ def main() -> int:
         if args.what in SINGLE:
             results.extend(SINGLE[args.what](bench, args))
 
-    name = args.name or args.what
+    # these runs are kept side by side, one per day
+    dated = args.what in ("web-speed", "index-cost")
+    name = args.name or (time.strftime("%Y-%m-%d-") + args.what if dated else args.what)
     RESULTS.mkdir(exist_ok=True)
     # The promises of Reliability and of the scale targets, checked: the command fails
     # when a target is missed.
-    checked = args.what in ("chaos", "scale")
-    missed = (
-        (chaos.shortfalls(results) if args.what == "chaos" else list(scale.shortfalls(results)))
-        if checked
-        else []
-    )
+    targets: dict[str, Callable[[list[ScenarioResult]], list[str]]] = {
+        "chaos": chaos.shortfalls,
+        "scale": lambda found: list(scale.shortfalls(found)),
+        "web-speed": lambda found: list(web_speed.shortfalls(found)),
+    }
+    checked = args.what in targets
+    missed = targets[args.what](results) if checked else []
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "command": "python -m bench " + " ".join(sys.argv[1:]),
@@ -128,6 +147,7 @@ def main() -> int:
         "scale": scale.render_chart,
         "capacity": capacity.render_chart,
         "schedules": schedules.render_chart,
+        "web-speed": web_speed.render_chart,
     }
     chart = charts.get(args.what, render_chart)
     chart(results, RESULTS / f"{name}.png")
@@ -188,6 +208,18 @@ def _parser() -> argparse.ArgumentParser:
         "--trace", action="store_true",
         help="schedules: strace the replicas' broker sockets and compare three more "
         "subscribers (a diagnostic: tracing slows the replicas)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rows", type=int, default=web_speed.ROWS,
+        help=f"web-speed: rows in its table (default {web_speed.ROWS:,})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--requests", type=int, default=web_speed.REQUESTS,
+        help=f"web-speed: timed requests per endpoint (default {web_speed.REQUESTS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help=f"web-speed: keep {web_speed.DATABASE} if it holds --rows rows (seeding takes long)",
     )  # fmt: skip
     parser.add_argument("--name", default=None, help="results file name (default: what)")
     parser.add_argument(

@@ -27,7 +27,7 @@ from jobpub.db.schedules import (
     remove_schedule,
     set_schedule_enabled,
 )
-from jobpub.db.stats import Count, FleetStats, Stats, read_fleet, read_stats
+from jobpub.db.stats import AT_LEAST, ESTIMATE, Count, FleetStats, Stats, read_fleet, read_stats
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 from jobpub.scheduling.durations import parse_duration
 from jobpub.scheduling.occurrences import InvalidSchedule, check_cron
@@ -318,7 +318,7 @@ async def _stats(settings: Settings, *, as_json: bool) -> int:
 
 def _stats_json(stats: Stats, fleet: FleetStats) -> dict[str, object]:
     def count(value: Count) -> dict[str, object]:
-        return {"value": value.value, "exact": value.exact}
+        return {"value": value.value, "exact": value.exact, "kind": value.kind}
 
     return {
         "counts": {
@@ -341,7 +341,9 @@ def _stats_json(stats: Stats, fleet: FleetStats) -> dict[str, object]:
 
 def _stats_text(stats: Stats, fleet: FleetStats) -> str:
     def count(value: Count) -> str:
-        return f"{value.value:,}" if value.exact else f"at least {value.value:,}"
+        if value.kind == ESTIMATE:
+            return f"about {value.value:,} (the table's statistics)"
+        return f"at least {value.value:,}" if value.kind == AT_LEAST else f"{value.value:,}"
 
     oldest = stats.oldest_due_age_s
     late = f" (oldest {_age(oldest)} late)" if oldest is not None else ""
@@ -351,8 +353,8 @@ def _stats_text(stats: Stats, fleet: FleetStats) -> str:
         ("pending", count(stats.pending)),
         ("due", count(stats.due) + late),
         ("dead", count(stats.dead)),
-        ("expired", f"about {stats.expired.value:,} (the table's statistics)"),
-        ("published", f"about {stats.published.value:,} (the table's statistics)"),
+        ("expired", count(stats.expired)),
+        ("published", count(stats.published)),
         ("last minute", f"{count(fleet.published_last_minute)} published, "
                         f"{count(fleet.expired_last_minute)} expired"),
         ("replicas", f"{fleet.live_replicas} live"),

@@ -252,14 +252,14 @@ def test_stats(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stats", "--json"]) == EXIT_OK
     stats = json.loads(capsys.readouterr().out)
     assert 90 <= stats["oldest_due_age_s"] < 120
-    assert stats["counts"]["pending"] == {"value": 4, "exact": True}
-    assert stats["counts"]["due"] == {"value": 2, "exact": True}
-    assert stats["counts"]["dead"] == {"value": 1, "exact": True}
+    assert stats["counts"]["pending"] == {"value": 4, "exact": True, "kind": "exact"}
+    assert stats["counts"]["due"] == {"value": 2, "exact": True, "kind": "exact"}
+    assert stats["counts"]["dead"] == {"value": 1, "exact": True, "kind": "exact"}
     # 10 rows in the statistics, less 4 pending, 1 dead and 2 expired.
-    assert stats["counts"]["published"] == {"value": 3, "exact": False}
-    assert stats["counts"]["expired"] == {"value": 2, "exact": False}
-    assert stats["published_last_minute"] == {"value": 2, "exact": True}
-    assert stats["expired_last_minute"] == {"value": 1, "exact": True}
+    assert stats["counts"]["published"] == {"value": 3, "exact": False, "kind": "estimate"}
+    assert stats["counts"]["expired"] == {"value": 2, "exact": False, "kind": "estimate"}
+    assert stats["published_last_minute"] == {"value": 2, "exact": True, "kind": "exact"}
+    assert stats["expired_last_minute"] == {"value": 1, "exact": True, "kind": "exact"}
     assert stats["live_replicas"] == 2  # the stale one (JOBPUB_REPLICA_STALE_AFTER) left out
     assert stats["pauses"] == ["b/#", "devices/+/valve"]
     assert (stats["schedules"], stats["schedules_enabled"]) == (2, 1)
@@ -279,7 +279,7 @@ def test_stats(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
 def test_counts_past_the_cap_are_at_least(
     cli_env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(stats_module, "COUNT_CAP", 2)  # 100,000 as shipped
+    monkeypatch.setattr(stats_module, "COUNT_CAP", 2)  # 10,000 as shipped
     with psycopg.connect(cli_env) as conn:
         conn.execute(STATS_SETUP)
         conn.execute(
@@ -291,8 +291,8 @@ def test_counts_past_the_cap_are_at_least(
     assert main(["stats", "--json"]) == EXIT_OK
     stats = json.loads(capsys.readouterr().out)
     for name in ("pending", "due", "dead"):
-        assert stats["counts"][name] == {"value": 2, "exact": False}, name
-    assert stats["published_last_minute"] == {"value": 2, "exact": False}
+        assert stats["counts"][name] == {"value": 2, "exact": False, "kind": "at_least"}, name
+    assert stats["published_last_minute"] == {"value": 2, "exact": False, "kind": "at_least"}
     assert main(["stats"]) == EXIT_OK
     text = capsys.readouterr().out.splitlines()
     assert text[0] == "pending      at least 2"

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from jobpub.db.stats import COUNT_CAP
 from jobpub.web.app import create_app
 from jobpub.web.config import WebConfig, bind_refusal
 from tests.browser.chrome import web_process
@@ -560,16 +561,70 @@ def test_stats_agree_with_sql(client: TestClient, sql: psycopg.Connection[tuple[
     published(sql)
     sql.execute("ANALYZE jobs")
     stats = client.get("/api/stats", headers=READER, params={"history": "true"}).json()
-    assert stats["counts"]["pending"] == {"value": 4, "exact": True}
-    assert stats["counts"]["due"] == {"value": 1, "exact": True}
-    assert stats["counts"]["dead"] == {"value": 1, "exact": True}
-    assert stats["counts"]["published"] == {"value": 1, "exact": False}
+    assert stats["counts"]["pending"] == {"value": 4, "exact": True, "kind": "exact"}
+    assert stats["counts"]["due"] == {"value": 1, "exact": True, "kind": "exact"}
+    assert stats["counts"]["dead"] == {"value": 1, "exact": True, "kind": "exact"}
+    assert stats["counts"]["published"] == {"value": 1, "exact": False, "kind": "estimate"}
+    assert stats["counts"]["expired"] == {"value": 0, "exact": False, "kind": "estimate"}
     assert 119 < stats["oldest_due_age_s"] < 180
     assert len(stats["last_hour"]) == 60
     assert sum(m["published"] for m in stats["last_hour"]) == 1
     assert sum(m["dead"] for m in stats["last_hour"]) == 1
     assert stats["last_hour"][-1]["due_backlog"] == 1
     assert due
+
+
+def test_a_job_waiting_out_a_retrys_backoff_is_pending_not_due(
+    client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    pending(sql, in_s=-60)
+    sql.execute(
+        "INSERT INTO jobs (topic, payload, fire_at, attempts, next_attempt_at)"
+        " VALUES ('t/retrying', 'x', now() - interval '1 hour', 1, now() + interval '1 minute')"
+    )
+    stats = client.get("/api/stats", headers=READER).json()
+    assert stats["counts"]["pending"]["value"] == 2
+    assert stats["counts"]["due"] == {"value": 1, "exact": True, "kind": "exact"}
+    assert 59 < stats["oldest_due_age_s"] < 120  # not the hour-late row in backoff
+
+
+def test_stats_past_the_count_cap_are_estimates_labelled_so(
+    client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    # More pending rows than a count reads (COUNT_CAP), half of them due: the pending
+    # count is the planner's estimate, the due count stops at the cap, both say so.
+    rows = 2 * COUNT_CAP + 500
+    sql.execute(
+        "INSERT INTO jobs (topic, payload, fire_at)"
+        " SELECT 't/many', 'p', now() + make_interval(secs => g - %(half)s)"
+        " FROM generate_series(1, %(rows)s) AS g",
+        {"rows": rows, "half": rows // 2},
+    )
+    sql.execute("ANALYZE jobs")
+    counts = client.get("/api/stats", headers=READER).json()["counts"]
+    assert counts["pending"]["kind"] == "estimate"
+    assert counts["pending"]["exact"] is False
+    assert COUNT_CAP < counts["pending"]["value"] <= rows * 1.1
+    assert counts["due"] == {"value": COUNT_CAP, "exact": False, "kind": "at_least"}
+    assert counts["dead"] == {"value": 0, "exact": True, "kind": "exact"}
+
+
+def test_the_publish_rate_is_over_the_last_complete_minutes(
+    client: TestClient, sql: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    # 3 published 2.5-4 minutes ago count (inside the last 5 complete minutes whenever
+    # the request comes); one 10 minutes ago does not.
+    for ago in ("150 seconds", "170 seconds", "230 seconds", "10 minutes"):
+        sql.execute(
+            "INSERT INTO jobs (topic, payload, fire_at, processed, processed_at)"
+            " VALUES ('t/done', 'x', now() - %(ago)s::interval, true,"
+            "         now() - %(ago)s::interval)",
+            {"ago": ago},
+        )
+    stats = client.get("/api/stats", headers=READER).json()
+    assert stats["rate_window_s"] == 300
+    assert stats["published_per_s"] == round(3 / 300, 3)
+    assert stats["last_hour"] is None
 
 
 # --- schedules ----------------------------------------------------------------------------

@@ -16,20 +16,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from jobpub.db.pauses import InvalidFilter
-from jobpub.db.web import (
-    STATES,
-    DeadFilter,
-    JobConflict,
-    JobFilter,
-    JobNotFound,
-    PauseNotFound,
-    WebStore,
-)
+from jobpub.db.producer import JobConflict, JobNotFound
+from jobpub.db.web import STATES, DeadFilter, JobFilter, PauseNotFound, WebStore
 from jobpub.scheduling.durations import parse_duration
 from jobpub.web.api.jobs import decode_cursor, encode_cursor
 from jobpub.web.api.replicas import replica_out
 from jobpub.web.api.schedules import next_occurrences
-from jobpub.web.api.stats import RATE_MINUTES
 from jobpub.web.auth import SESSION_COOKIE, SESSION_MAX_AGE_S, Session
 from jobpub.web.charts import sparkline
 from jobpub.web.config import WebConfig
@@ -157,18 +149,16 @@ async def logout(
 
 
 async def _overview(store: WebStore, config: WebConfig) -> dict[str, Any]:
+    # One read of the replicas: the live count and the table below agree.
     stats, fleet = await store.stats(), await store.fleet(config.replica_stale_after)
     history = await store.history(60)
-    replicas = [replica_out(r, config.replica_stale_after) for r in await store.list_replicas()]
-    complete = history[-RATE_MINUTES - 1 : -1]
-    rate = sum(m.published for m in complete) / (60 * len(complete)) if complete else 0.0
     last_lag = next((m.max_lag_s for m in reversed(history) if m.max_lag_s is not None), None)
     return {
         "stats": stats,
         "fleet": fleet,
-        "replicas": replicas,
+        "replicas": [replica_out(r) for r in fleet.replicas],
         "stale_after": config.replica_stale_after,
-        "rate": rate,
+        "rate": stats.published_per_s,  # as /api/stats gives it
         "last_lag": last_lag,
         "probe": await store.probe_status(),
         "charts": {

@@ -12,14 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobpub.db.pauses import InvalidFilter
-from jobpub.db.web import (
-    JobConflict,
-    JobNotFound,
-    PauseNotFound,
-    Refused,
-    ScheduleConflict,
-    ScheduleNotFound,
-)
+from jobpub.db.producer import JobConflict, JobNotFound, Refused
+from jobpub.db.web import PauseNotFound, ScheduleConflict, ScheduleNotFound
 from jobpub.errors import DatabaseError, DatabaseUnavailable
 
 PROBLEM_JSON = "application/problem+json"

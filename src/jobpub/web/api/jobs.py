@@ -18,7 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from jobpub.db.web import DeadFilter, JobFilter, JobRecord, NewJob
+from jobpub.db.producer import NewJob
+from jobpub.db.web import DeadFilter, JobFilter, JobRecord
 from jobpub.web.deps import Config, Store
 from jobpub.web.problems import Problem
 from jobpub.web.validation import Topic, outside_prefixes

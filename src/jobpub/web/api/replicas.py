@@ -21,10 +21,10 @@ class ReplicaOut(BaseModel):
     started_at: datetime
     heartbeat_at: datetime
     heartbeat_age_s: float = Field(description="seconds since its last heartbeat")
-    live: bool = Field(description="heartbeat younger than JOBPUB_REPLICA_STALE_AFTER")
+    live: bool = Field(description="heartbeat within JOBPUB_REPLICA_STALE_AFTER")
 
 
-def replica_out(replica: ReplicaRow, stale_after: float) -> ReplicaOut:
+def replica_out(replica: ReplicaRow) -> ReplicaOut:
     return ReplicaOut(
         id=replica.id,
         host=replica.host,
@@ -33,7 +33,7 @@ def replica_out(replica: ReplicaRow, stale_after: float) -> ReplicaOut:
         started_at=replica.started_at,
         heartbeat_at=replica.heartbeat_at,
         heartbeat_age_s=round(replica.heartbeat_age_s, 3),
-        live=replica.heartbeat_age_s < stale_after,
+        live=replica.live,
     )
 
 
@@ -41,5 +41,4 @@ def replica_out(replica: ReplicaRow, stale_after: float) -> ReplicaOut:
 async def list_replicas(store: Store, config: Config) -> list[ReplicaOut]:
     """Every registered replica; one that stopped without a clean exit stays listed, not
     live, until a live replica removes it."""
-    stale_after = config.replica_stale_after
-    return [replica_out(r, stale_after) for r in await store.list_replicas()]
+    return [replica_out(r) for r in await store.list_replicas(config.replica_stale_after)]

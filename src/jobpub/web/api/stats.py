@@ -7,7 +7,8 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from jobpub.db.web import Count, FleetStats, MinuteStats, ProbeStatus, Stats
+from jobpub.db.stats import Count, CountKind, Stats
+from jobpub.db.web import Fleet, MinuteStats, ProbeStatus
 from jobpub.web.deps import Config, Store
 
 router = APIRouter(tags=["stats"])
@@ -15,8 +16,10 @@ router = APIRouter(tags=["stats"])
 
 class CountOut(BaseModel):
     value: int
-    exact: bool = Field(
-        description="false: at least `value` (counting stopped there), or an estimate"
+    exact: bool = Field(description="false: `value` is approximate (`kind` says how)")
+    kind: CountKind = Field(
+        description="exact: counted; at_least: counting stopped at `value`; estimate: the"
+        " planner's, from the table statistics (the published and expired counts always are)"
     )
 
 
@@ -51,17 +54,20 @@ def probe_out(status: ProbeStatus) -> ProbeOut:
 
 class StatsOut(BaseModel):
     counts: dict[str, CountOut] = Field(
-        description="jobs by state: pending, due (pending and due now), published (with "
-        "expired), dead"
+        description="jobs by state: pending, due (pending, due now and not waiting out a"
+        " retry's backoff), published, expired, dead"
     )
     oldest_due_age_s: float | None = Field(description="how late the oldest due job is")
-    published_per_s: float = Field(description="mean over the last `rate_window_s`")
+    published_per_s: float = Field(
+        description="mean over the last `rate_window_s` seconds: the complete minutes of the"
+        " last few, or the span of the newest published jobs when they are many"
+    )
     rate_window_s: int
     schedules: int
     schedules_enabled: int
     pauses: int = Field(description="paused topic filters (/api/pauses)")
     replicas_live: int = Field(
-        description="replicas whose heartbeat is younger than JOBPUB_REPLICA_STALE_AFTER"
+        description="replicas whose heartbeat is within JOBPUB_REPLICA_STALE_AFTER"
     )
     measured_at: datetime
     last_hour: list[MinuteOut] | None = None
@@ -71,7 +77,7 @@ class StatsOut(BaseModel):
 
 
 def count_out(count: Count) -> CountOut:
-    return CountOut(value=count.value, exact=count.exact)
+    return CountOut(value=count.value, exact=count.exact, kind=count.kind)
 
 
 def minute_out(minute: MinuteStats) -> MinuteOut:
@@ -85,40 +91,37 @@ def minute_out(minute: MinuteStats) -> MinuteOut:
     )
 
 
-RATE_MINUTES = 5
-
-
 def stats_out(
-    stats: Stats, fleet: FleetStats, history: list[MinuteStats], *, with_history: bool
+    stats: Stats, fleet: Fleet, probe: ProbeStatus, history: list[MinuteStats] | None
 ) -> StatsOut:
-    # The last complete minutes: the current one has only just begun.
-    complete = history[-RATE_MINUTES - 1 : -1] if len(history) > 1 else []
-    rate = sum(m.published for m in complete) / (60 * len(complete)) if complete else 0.0
     return StatsOut(
         counts={
             "pending": count_out(stats.pending),
             "due": count_out(stats.due),
             "published": count_out(stats.published),
+            "expired": count_out(stats.expired),
             "dead": count_out(stats.dead),
         },
         oldest_due_age_s=stats.oldest_due_age_s,
-        published_per_s=round(rate, 3),
-        rate_window_s=60 * len(complete),
+        published_per_s=round(stats.published_per_s, 3),
+        rate_window_s=round(stats.rate_window_s),
         schedules=stats.schedules,
         schedules_enabled=stats.schedules_enabled,
-        pauses=len(fleet.paused_filters),
+        pauses=fleet.pauses,
         replicas_live=fleet.live_replicas,
         measured_at=stats.measured_at,
-        last_hour=[minute_out(m) for m in history] if with_history else None,
+        last_hour=[minute_out(m) for m in history] if history is not None else None,
+        probe=probe_out(probe),
     )
 
 
 @router.get("/stats", response_model=StatsOut)
 async def get_stats(store: Store, config: Config, history: bool = False) -> StatsOut:
-    """Counts by state, the due backlog's age, the publish rate, pauses, live replicas;
-    `?history=true` adds the last hour minute by minute."""
-    minutes = 60 if history else RATE_MINUTES + 1
-    stats, fleet = await store.stats(), await store.fleet(config.replica_stale_after)
-    out = stats_out(stats, fleet, await store.history(minutes), with_history=history)
-    out.probe = probe_out(await store.probe_status())
-    return out
+    """Counts by state, the due backlog's age, the publish rate, pauses, live replicas,
+    the delivery probe; `?history=true` adds the last hour minute by minute."""
+    # The rate comes with the counts (the last few complete minutes, a bounded read); the
+    # minute-by-minute history, which reads every row settled in the hour, only when asked.
+    stats = await store.stats()
+    fleet = await store.fleet(config.replica_stale_after)
+    probe = await store.probe_status()
+    return stats_out(stats, fleet, probe, await store.history(60) if history else None)
