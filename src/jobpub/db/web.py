@@ -24,127 +24,59 @@ from jobpub.db.producer import REFUSED, JobConflict, JobNotFound, NewJob, Refuse
 from jobpub.db.stats import Stats, read_stats
 from jobpub.errors import DatabaseError
 
-# The columns every job answer carries; `state` is the column the version 10 trigger keeps
-# right. Each list statement below repeats them whole; a list carries the first 200
-# characters of a text payload or the first 150 bytes of a binary one, and the size.
+# A page of the jobs whose rows match `{rows}`, in (fire_at, id) order with a keyset
+# cursor; `state` is the column the version 10 trigger keeps right. A list carries the
+# first 200 characters of a text payload or the first 150 bytes of a binary one, and the
+# size. `{rows}` is written into each statement, not passed as a parameter, so that the
+# planner matches it to the partial index that serves that state.
+_PAGE_OF: Final = """
+SELECT id, topic, left(payload, 200) AS payload,
+       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
+       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
+       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
+       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
+       content_type, user_properties, response_topic, correlation_data
+FROM jobs
+WHERE {rows}
+  AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
+  AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
+  AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
+  AND (%(cursor_fire_at)s::timestamptz IS NULL
+       OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
+ORDER BY fire_at, id
+LIMIT %(limit)s
+"""
 
 # Pending rows in claim order: jobs_pending_fire_at_idx (fire_at, id) serves the filter,
 # the order and the keyset cursor, so a page reads `limit + 1` index entries.
-LIST_PENDING_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload,
-       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
-       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
-       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
-       content_type, user_properties, response_topic, correlation_data
-FROM jobs
-WHERE NOT processed AND failed_at IS NULL
-  AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
-  AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
-  AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
-  AND (%(cursor_fire_at)s::timestamptz IS NULL
-       OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
-ORDER BY fire_at, id
-LIMIT %(limit)s
-"""
+LIST_PENDING_JOBS: Final[LiteralString] = _PAGE_OF.format(
+    rows="NOT processed AND failed_at IS NULL"
+)
 
 # Dead rows in fire_at order, through jobs_dead_fire_at_idx (version 16).
-LIST_DEAD_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload,
-       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
-       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
-       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
-       content_type, user_properties, response_topic, correlation_data
-FROM jobs
-WHERE failed_at IS NOT NULL AND NOT processed
-  AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
-  AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
-  AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
-  AND (%(cursor_fire_at)s::timestamptz IS NULL
-       OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
-ORDER BY fire_at, id
-LIMIT %(limit)s
-"""
+LIST_DEAD_JOBS: Final[LiteralString] = _PAGE_OF.format(
+    rows="failed_at IS NOT NULL AND NOT processed"
+)
 
-# Published rows in fire_at order (the same keyset as the other states), through
-# jobs_settled_fire_at_idx (version 16): most of a kept table is published, so the walk
-# skips few (dead) entries.
-LIST_PUBLISHED_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload,
-       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
-       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
-       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
-       content_type, user_properties, response_topic, correlation_data
-FROM jobs
-WHERE processed AND expired_at IS NULL
-  AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
-  AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
-  AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
-  AND (%(cursor_fire_at)s::timestamptz IS NULL
-       OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
-ORDER BY fire_at, id
-LIMIT %(limit)s
-"""
+# Published rows in fire_at order, through jobs_settled_fire_at_idx (version 16): most
+# of a kept table is published, so the walk skips few (dead) entries.
+LIST_PUBLISHED_JOBS: Final[LiteralString] = _PAGE_OF.format(rows="processed AND expired_at IS NULL")
 
 # Rows that expired unsent (processed, with expired_at), in fire_at order.
-LIST_EXPIRED_JOBS: Final[LiteralString] = """
-SELECT id, topic, left(payload, 200) AS payload,
-       substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
-       coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
-       qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
-       processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
-       content_type, user_properties, response_topic, correlation_data
-FROM jobs
-WHERE processed AND expired_at IS NOT NULL
-  AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
-  AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
-  AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
-  AND (%(cursor_fire_at)s::timestamptz IS NULL
-       OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
-ORDER BY fire_at, id
-LIMIT %(limit)s
-"""
+LIST_EXPIRED_JOBS: Final[LiteralString] = _PAGE_OF.format(
+    rows="processed AND expired_at IS NOT NULL"
+)
 
 # Every row, whatever its state, in fire_at order: the first page of the pending rows
 # (the claim's index) and of the settled ones (jobs_settled_fire_at_idx), merged. No
 # index of every row: the claim would take it for its own on a mostly pending table and
 # then walk the rows it had marked. A topic prefix filters both walks, which read more
 # entries the rarer the topic is.
-LIST_ALL_JOBS: Final[LiteralString] = """
+LIST_ALL_JOBS: Final[LiteralString] = f"""
 SELECT * FROM (
-    (SELECT id, topic, left(payload, 200) AS payload,
-            substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
-            coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
-            qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
-            processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
-            content_type, user_properties, response_topic, correlation_data
-     FROM jobs
-     WHERE NOT processed AND failed_at IS NULL
-       AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
-       AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
-       AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
-       AND (%(cursor_fire_at)s::timestamptz IS NULL
-            OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
-     ORDER BY fire_at, id
-     LIMIT %(limit)s)
+    ({LIST_PENDING_JOBS})
     UNION ALL
-    (SELECT id, topic, left(payload, 200) AS payload,
-            substring(payload_bytes FROM 1 FOR 150) AS payload_bytes,
-            coalesce(octet_length(payload_bytes), octet_length(payload)) AS payload_size,
-            qos, retain, fire_at, state, attempts, last_error, next_attempt_at, failed_at,
-            processed_at, created_at, expires_at, expired_at, schedule_name, dedupe_key,
-            content_type, user_properties, response_topic, correlation_data
-     FROM jobs
-     WHERE (processed OR failed_at IS NOT NULL)
-       AND (%(topic)s::text IS NULL OR starts_with(topic, %(topic)s::text))
-       AND (%(after)s::timestamptz IS NULL OR fire_at >= %(after)s::timestamptz)
-       AND (%(before)s::timestamptz IS NULL OR fire_at < %(before)s::timestamptz)
-       AND (%(cursor_fire_at)s::timestamptz IS NULL
-            OR (fire_at, id) > (%(cursor_fire_at)s::timestamptz, %(cursor_id)s::bigint))
-     ORDER BY fire_at, id
-     LIMIT %(limit)s)
+    ({_PAGE_OF.format(rows="(processed OR failed_at IS NOT NULL)")})
 ) AS both_kinds
 ORDER BY fire_at, id
 LIMIT %(limit)s
